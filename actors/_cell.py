@@ -1,0 +1,343 @@
+"""The cell: the per-key state of the runtime, and the loop that drains a mailbox.
+
+The registry maps each key to a `Cell`. The cell owns the key's `Mailbox`
+(so waiting messages outlive incarnations, G5), the current `UserActor`
+incarnation if any, and the message in flight. It never decides anything
+about failures or lifetimes: it reports them to its `Host` (the supervisor
+side of the runtime) and does what it is told.
+
+States and who moves a cell between them::
+
+    EMPTY --deliver--> ACTIVATING --start()--> STARTING --on_start ok--> RUNNING
+    RUNNING --mailbox empty--> IDLE --deliver--> RUNNING
+    STARTING/RUNNING --failure--> SUSPENDED --(supervisor) resume()/start()/stop()
+    IDLE/SUSPENDED --stop()--> STOPPING --on_stop done--> EMPTY (or CLOSED)
+    any --(supervisor) park()--> PARKED --unpark()--> EMPTY
+
+A burst is one task that runs `on_start` if needed, then drains the mailbox
+until it is empty, yielding to other cells every `batch` messages (fairness,
+P5). An idle cell has no task at all, so an idle user costs a few slots.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import TYPE_CHECKING, Any, Protocol
+
+from actors._errors import HandlerTimeout
+from actors._mailbox import Mailbox
+from actors._user_actor import HANDLER_ASYNC, HANDLER_BLOCKING, HANDLER_SYNC, Context
+
+if TYPE_CHECKING:
+    from concurrent.futures import Executor
+
+    from actors._clock import Clock, TimerHandle
+    from actors._mailbox import Envelope
+    from actors._outcomes import Outcomes
+    from actors._user_actor import UserActor
+
+__all__ = ["Cell", "Host"]
+
+EMPTY = "empty"
+ACTIVATING = "activating"
+STARTING = "starting"
+RUNNING = "running"
+IDLE = "idle"
+SUSPENDED = "suspended"
+STOPPING = "stopping"
+PARKED = "parked"
+CLOSED = "closed"
+
+
+class Host(Protocol):
+    """What a cell needs from the runtime around it."""
+
+    loop: asyncio.AbstractEventLoop
+    clock: Clock
+    outcomes: Outcomes
+    batch: int
+    handler_timeout: float | None
+    trace: bool
+    log: Any
+    pending: int
+    live: int
+
+    def now(self) -> float: ...
+    def executor(self) -> Executor: ...
+    def tell(self, key: str | int, message: Any, **options: Any) -> None: ...
+    def task_started(self, task: asyncio.Task[None]) -> None: ...
+    def task_finished(self, task: asyncio.Task[None]) -> None: ...
+    def request_activation(self, cell: Cell) -> None: ...
+    def cell_idle(self, cell: Cell) -> None: ...
+    def cell_failed(
+        self, cell: Cell, phase: str, error: BaseException, envelope: Envelope | None
+    ) -> None: ...
+    def cell_stopped(self, cell: Cell, reason: str) -> None: ...
+
+
+class Cell:
+    """One key's mailbox, incarnation and in-flight message. Loop thread only."""
+
+    __slots__ = (
+        "_cut",
+        "actor",
+        "ctx",
+        "current",
+        "host",
+        "idle_since",
+        "incarnation",
+        "key",
+        "mailbox",
+        "policy_state",
+        "restart_at",
+        "state",
+        "task",
+        "timer",
+    )
+
+    def __init__(self, key: str | int, host: Host) -> None:
+        self.key = key
+        self.host = host
+        self.mailbox = Mailbox()
+        self.actor: UserActor | None = None
+        self.ctx: Context | None = None
+        self.state = EMPTY
+        self.task: asyncio.Task[None] | None = None
+        self.current: Envelope | None = None
+        self.incarnation = 0
+        self.idle_since = 0.0
+        self.policy_state: Any = None  # the supervisor's restart bookkeeping
+        self.restart_at = 0.0  # when a restart in backoff is due
+        self.timer: TimerHandle | None = None  # backoff or cool-down, owned by the supervisor
+        self._cut: str | None = None  # why the handler in flight is being cut short
+
+    def __repr__(self) -> str:
+        return f"<Cell {self.key!r} {self.state} waiting={len(self.mailbox)}>"
+
+    # -- data plane (router) ------------------------------------------------------
+
+    def deliver(self, envelope: Envelope) -> None:
+        """Queue an accepted envelope and make sure someone will handle it."""
+        self.mailbox.put(envelope)
+        state = self.state
+        if state is IDLE:
+            self._begin(RUNNING)
+        elif state is EMPTY:
+            self.state = ACTIVATING
+            self.host.request_activation(self)
+
+    def interrupt(self, priority: int) -> bool:
+        """Cut short the handler in flight if its priority is below `priority`."""
+        envelope = self.current
+        if envelope is None or envelope.priority >= priority or self._cut is not None:
+            return False
+        self._cut_short("interrupt")
+        return True
+
+    # -- control plane (supervisor) -----------------------------------------------
+
+    def start(self, actor: UserActor) -> None:
+        """Begin a new incarnation: `on_start`, then drain what waits."""
+        self.actor = actor
+        self.incarnation += 1
+        self.ctx = Context(self.key, self.host.tell)
+        self.host.live += 1
+        self._begin(STARTING)
+
+    def resume(self) -> None:
+        """Go on with the same instance after a failure."""
+        if self.mailbox.empty():
+            self.state = IDLE
+            self.host.cell_idle(self)
+        else:
+            self._begin(RUNNING)
+
+    def stop(self, reason: str) -> None:
+        """End the incarnation: `on_stop(reason)` runs in a task, then the host is told."""
+        self.state = STOPPING
+        task = self.host.loop.create_task(self._stop(reason))
+        self.task = task
+        self.host.task_started(task)
+
+    def cancel(self) -> None:
+        """Cancel the task in flight (shutdown). The message in flight ends interrupted."""
+        if self.task is not None and not self.task.done():
+            self.task.cancel()
+
+    # -- the burst ------------------------------------------------------------------
+
+    def _begin(self, state: str) -> None:
+        self.state = state
+        task = self.host.loop.create_task(self._burst(state is STARTING))
+        self.task = task
+        self.host.task_started(task)
+
+    async def _burst(self, starting: bool) -> None:
+        task = self.task
+        try:
+            if starting and not await self._start_hook():
+                return
+            await self._drain()
+        finally:
+            if self.task is task:
+                self.task = None
+            self.host.task_finished(task)  # type: ignore[arg-type]
+
+    async def _start_hook(self) -> bool:
+        actor: UserActor = self.actor  # type: ignore[assignment]
+        try:
+            result = actor.on_start()
+            if actor._async_start:  # noqa: SLF001
+                await result
+        except Exception as exc:  # noqa: BLE001 - a failure, reported to the supervisor
+            self.state = SUSPENDED
+            self.host.cell_failed(self, "on_start", exc, None)
+            return False
+        self.state = RUNNING
+        return True
+
+    async def _drain(self) -> None:  # noqa: C901, PLR0912 - the hot loop, kept flat on purpose
+        host = self.host
+        mailbox = self.mailbox
+        outcomes = host.outcomes
+        now = host.now
+        actor: UserActor = self.actor  # type: ignore[assignment]
+        ctx: Context = self.ctx  # type: ignore[assignment]
+        handler = actor.on_message
+        mode = actor._handler_mode  # noqa: SLF001
+        budget = host.batch
+        while self.state is RUNNING:
+            envelope = mailbox.pop()
+            if envelope is None:
+                self.state = IDLE
+                host.cell_idle(self)
+                return
+            host.pending -= 1
+            started = now()
+            outcomes.wait.add(started - envelope.accepted_at)
+            self.current = envelope
+            ctx.priority = envelope.priority
+            ctx.attempt = envelope.attempt
+            ctx.interrupted = False
+            timeout = host.handler_timeout
+            timer = None if timeout is None else host.clock.call_at(
+                started + timeout, self._cut_short, "timeout"
+            )
+            try:
+                if mode == HANDLER_ASYNC:
+                    result = await handler(envelope.message, ctx)
+                elif mode == HANDLER_SYNC:
+                    result = handler(envelope.message, ctx)
+                else:
+                    result = await self._in_thread(handler, envelope.message, ctx)
+            except asyncio.CancelledError:
+                if self._cut is None or self._uncancel() > 0:
+                    # Cancelled from outside (shutdown): the message ends interrupted,
+                    # unless the shutdown already gave up on it and resolved it.
+                    if self.current is envelope:
+                        self.current = None
+                        outcomes.on_interrupted(self.key, envelope, "shutdown")
+                    self._cut = None
+                    raise
+                result = None
+            except Exception as exc:  # noqa: BLE001 - reported to the supervisor
+                if self._cut == "timeout":
+                    exc = HandlerTimeout(self.key, timeout)  # type: ignore[arg-type]
+                self._fail(envelope, exc)
+                return
+            finally:
+                if timer is not None:
+                    timer.cancel()
+            outcomes.run.add(now() - started)
+            self.current = None
+            cut = self._cut
+            if cut is None:
+                outcomes.on_handled(envelope, result)
+                if host.trace:
+                    host.log.debug(
+                        "message_handled", key=self.key, priority=envelope.priority,
+                        wait_ms=round((started - envelope.accepted_at) * 1000, 3),
+                        run_ms=round((host.now() - started) * 1000, 3), depth=len(mailbox),
+                    )
+            elif cut == "interrupt":
+                self._cut = None
+                self._uncancel()
+                outcomes.on_interrupted(self.key, envelope, "interrupt")
+            else:
+                self._uncancel()
+                self._fail(envelope, HandlerTimeout(self.key, timeout))  # type: ignore[arg-type]
+                return
+            budget -= 1
+            if budget == 0:
+                budget = host.batch
+                await asyncio.sleep(0)
+
+    def _fail(self, envelope: Envelope, error: BaseException) -> None:
+        self.current = None
+        self._cut = None
+        self.state = SUSPENDED
+        self.host.cell_failed(self, "on_message", error, envelope)
+
+    async def _in_thread(self, handler: Any, message: Any, ctx: Context) -> Any:
+        """Run a blocking handler in the pool; never leave it running behind our back (G2)."""
+        future = self.host.loop.run_in_executor(self.host.executor(), handler, message, ctx)
+        try:
+            return await asyncio.shield(future)
+        except asyncio.CancelledError:
+            ctx.interrupted = True
+            while not future.done():
+                try:
+                    await asyncio.wait((future,))
+                except asyncio.CancelledError:
+                    continue
+            raise
+
+    def _cut_short(self, why: str) -> None:
+        """Ask the handler in flight to stop: cancel it if async, flag it in any case."""
+        if self.current is None or self._cut is not None:
+            return
+        self._cut = why
+        ctx: Context = self.ctx  # type: ignore[assignment]
+        ctx.interrupted = True
+        actor: UserActor = self.actor  # type: ignore[assignment]
+        task = self.task
+        # A handler that interrupts its own key must not cancel the task it runs in:
+        # the cancellation would land on a later, unrelated await.
+        if (
+            actor._handler_mode == HANDLER_ASYNC  # noqa: SLF001
+            and task is not None
+            and task is not asyncio.current_task()
+        ):
+            task.cancel()
+
+    def _uncancel(self) -> int:
+        task = self.task
+        if task is None or task.cancelling() == 0:
+            return 0
+        return task.uncancel()
+
+    # -- ending an incarnation ------------------------------------------------------
+
+    async def _stop(self, reason: str) -> None:
+        task = self.task
+        actor = self.actor
+        try:
+            if actor is not None:
+                try:
+                    result = actor.on_stop(reason)
+                    if actor._async_stop:  # noqa: SLF001
+                        await result
+                except Exception as exc:  # noqa: BLE001 - reported, and the stop goes on
+                    self.host.cell_failed(self, "on_stop", exc, None)
+        finally:
+            if actor is not None:
+                actor.actor_stopped.set()
+                self.host.live -= 1
+            self.actor = None
+            self.ctx = None
+            if self.state is STOPPING:
+                self.state = EMPTY
+            if self.task is task:
+                self.task = None
+            self.host.task_finished(task)  # type: ignore[arg-type]
+            self.host.cell_stopped(self, reason)

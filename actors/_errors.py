@@ -1,0 +1,109 @@
+"""The one error hierarchy of inorder.
+
+Every exception the library raises on purpose derives from `InorderError`, so
+`except InorderError` catches all of them; each also derives from the built-in
+exception a caller would naturally expect (`ValueError` for bad input,
+`TimeoutError` for timeouts, `RuntimeError` for misuse).
+
+The four outcome errors (`MailboxFull`, `Interrupted`, `Dropped`,
+`RuntimeStopped`) keep the short names of the public contract.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+__all__ = [
+    "BlockingOnLoop",
+    "Dropped",
+    "HandlerTimeout",
+    "InorderError",
+    "Interrupted",
+    "InvalidKey",
+    "InvalidPriority",
+    "MailboxFull",
+    "RuntimeStopped",
+]
+
+
+class InorderError(Exception):
+    """Base class of every error raised by inorder."""
+
+
+class InvalidKey(InorderError, ValueError):  # noqa: N818 - public contract name style
+    """Raised at the call site when a user key is empty, `None`, a `bool` or not `str`/`int`."""
+
+    def __init__(self, key: Any) -> None:
+        super().__init__(
+            f"invalid user key {key!r}: a key is a non-empty str or an int "
+            f"(got {type(key).__name__})"
+        )
+        self.key = key
+
+
+class InvalidPriority(InorderError, ValueError):  # noqa: N818
+    """Raised at the call site when a priority is not an `int` >= 0."""
+
+    def __init__(self, priority: Any) -> None:
+        super().__init__(f"invalid priority {priority!r}: a priority is an int >= 0")
+        self.priority = priority
+
+
+class MailboxFull(InorderError):  # noqa: N818
+    """Raised by `tell`/`ask` when the key's mailbox already holds `max_pending` messages.
+
+    Nothing was enqueued: the caller still owns the message.
+    """
+
+    def __init__(self, key: Any, limit: int, *, scope: str = "key") -> None:
+        what = "mailbox of" if scope == "key" else "runtime-wide pending bound, at"
+        super().__init__(f"{what} {key!r} is full ({limit} waiting messages)")
+        self.key = key
+        self.limit = limit
+        self.scope = scope
+
+
+class Interrupted(InorderError):  # noqa: N818
+    """Raised by an ask future whose handler was cancelled by an interrupting message.
+
+    Also the outcome of a message still in flight when `Runtime.stop` gives up
+    waiting for it.
+    """
+
+    def __init__(self, key: Any, reason: str = "interrupt") -> None:
+        super().__init__(f"handler for {key!r} was interrupted ({reason})")
+        self.key = key
+        self.reason = reason
+
+
+class Dropped(InorderError):  # noqa: N818
+    """Raised by an ask future whose message was dropped without being handled.
+
+    `reason` says why: `"cleared"`, `"shutdown"`, `"stopped"`, `"gave_up"`, ...
+    """
+
+    def __init__(self, key: Any, reason: str) -> None:
+        super().__init__(f"message for {key!r} was dropped ({reason})")
+        self.key = key
+        self.reason = reason
+
+
+class RuntimeStopped(InorderError, RuntimeError):  # noqa: N818
+    """Raised by calls on a runtime that is not running (not started yet, stopping or stopped)."""
+
+
+class BlockingOnLoop(InorderError, RuntimeError):  # noqa: N818
+    """Raised by `Future.get()` called on the event loop thread.
+
+    Blocking there would deadlock: the loop that must produce the value is the
+    one being blocked. Use `await future` instead.
+    """
+
+
+class HandlerTimeout(InorderError, TimeoutError):  # noqa: N818
+    """The failure of a handler that ran longer than `RestartPolicy.handler_timeout`."""
+
+    def __init__(self, key: Any, timeout: float) -> None:
+        super().__init__(f"handler for {key!r} ran longer than {timeout} s")
+        self.key = key
+        self.timeout = timeout

@@ -1,0 +1,156 @@
+"""The per-key mailbox: priority lanes, FIFO within a lane.
+
+A mailbox belongs to the registry entry of its key, not to an actor
+incarnation, so restarts and idle stops never lose or reorder what waits
+(G5). It holds only *waiting* messages: the one in flight has been popped.
+
+Lanes are created on demand and the lane map is released when the mailbox
+empties, so an idle key costs a few slots, not a dict and a deque.
+"""
+
+from __future__ import annotations
+
+from bisect import insort
+from collections import deque
+from typing import TYPE_CHECKING, Any
+
+from pykka._envelope import Envelope as _PykkaEnvelope
+
+if TYPE_CHECKING:
+    from pykka import Future
+
+__all__ = ["Envelope", "Mailbox"]
+
+
+class Envelope(_PykkaEnvelope[Any]):
+    """A message plus what the runtime needs to deliver it.
+
+    A pykka `Envelope` (message, reply_to) with the priority, the acceptance
+    time (for wait latency) and the attempt number (for retries).
+    """
+
+    __slots__ = ("accepted_at", "attempt", "priority")
+
+    def __init__(
+        self,
+        message: Any,
+        reply_to: Future[Any] | None,
+        priority: int,
+        accepted_at: float,
+    ) -> None:
+        self.message = message
+        self.reply_to = reply_to
+        self.priority = priority
+        self.accepted_at = accepted_at
+        self.attempt = 1
+
+    def __repr__(self) -> str:
+        return f"Envelope({self.message!r}, priority={self.priority}, attempt={self.attempt})"
+
+
+class Mailbox:
+    """Waiting messages of one key: the oldest of the highest priority comes out first (G1, G3).
+
+    Not thread-safe: only the loop thread touches it. The capacity check is the
+    caller's (the router's), made before an envelope is even built, so a full
+    mailbox costs the caller nothing but the exception.
+    """
+
+    __slots__ = ("_lanes", "_order", "_size")
+
+    def __init__(self) -> None:
+        self._lanes: dict[int, deque[Envelope]] | None = None
+        self._order: list[int] = []  # priorities of non-empty lanes, ascending
+        self._size = 0
+
+    def __len__(self) -> int:
+        return self._size
+
+    def __repr__(self) -> str:
+        return f"<Mailbox {self._size} waiting, lanes={self._order}>"
+
+    def empty(self) -> bool:
+        """Return whether nothing waits (pykka's `ActorInbox.empty`)."""
+        return self._size == 0
+
+    def put(self, envelope: _PykkaEnvelope[Any]) -> None:
+        """Append an envelope to the end of its priority lane (pykka's `ActorInbox.put`).
+
+        A plain pykka envelope (from `ActorRef.tell`) is carried at priority 0.
+        """
+        if type(envelope) is not Envelope:
+            envelope = Envelope(envelope.message, envelope.reply_to, 0, 0.0)
+        lanes = self._lanes
+        if lanes is None:
+            lanes = self._lanes = {}
+        priority = envelope.priority  # type: ignore[attr-defined]
+        lane = lanes.get(priority)
+        if lane is None:
+            lane = lanes[priority] = deque()
+            insort(self._order, priority)
+        lane.append(envelope)  # type: ignore[arg-type]
+        self._size += 1
+
+    def put_front(self, envelope: Envelope) -> None:
+        """Put an envelope back at the head of its lane (a retried message keeps its place)."""
+        self.put(envelope)
+        lane = self._lanes[envelope.priority]  # type: ignore[index]
+        lane.rotate(1)
+
+    def pop(self) -> Envelope | None:
+        """Remove and return the next envelope, or `None` if nothing waits."""
+        if self._size == 0:
+            return None
+        priority = self._order[-1]
+        lanes: dict[int, deque[Envelope]] = self._lanes  # type: ignore[assignment]
+        lane = lanes[priority]
+        envelope = lane.popleft()
+        self._size -= 1
+        if not lane:
+            del lanes[priority]
+            self._order.pop()
+            if self._size == 0:
+                self._lanes = None
+        return envelope
+
+    def get(self) -> Envelope:
+        """pykka's `ActorInbox.get`, without blocking: raises `LookupError` when empty."""
+        envelope = self.pop()
+        if envelope is None:
+            msg = "mailbox is empty"
+            raise LookupError(msg)
+        return envelope
+
+    def top_priority(self) -> int | None:
+        """The priority of the message that would come out next, if any."""
+        return self._order[-1] if self._order else None
+
+    def take_below(self, priority: int) -> list[Envelope]:
+        """Remove and return every waiting envelope of a priority lower than `priority`."""
+        lanes = self._lanes
+        if lanes is None:
+            return []
+        taken: list[Envelope] = []
+        keep: list[int] = []
+        for p in self._order:
+            if p < priority:
+                taken.extend(lanes.pop(p))
+            else:
+                keep.append(p)
+        self._order = keep
+        self._size -= len(taken)
+        if self._size == 0:
+            self._lanes = None
+        return taken
+
+    def take_all(self) -> list[Envelope]:
+        """Remove and return everything, in delivery order (highest priority first)."""
+        lanes = self._lanes
+        taken: list[Envelope] = []
+        if lanes is not None:
+            for p in reversed(self._order):
+                taken.extend(lanes[p])
+        self._lanes = None
+        self._order = []
+        self._size = 0
+        return taken

@@ -1,0 +1,190 @@
+"""Outcomes: the single place where an accepted message ends (G4).
+
+Every accepted message ends in exactly one of handled(result), failed(error),
+interrupted or dropped(reason). `Outcomes` resolves the ask future, counts the
+outcome, records latency samples, and sends failed and dropped messages to the
+dead letters (a bounded record plus an optional callback). Nothing else in the
+runtime resolves a message, so "exactly one" is checked in one place: an
+envelope's `reply_to` is resolved first-wins and each method counts once.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import deque
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, final
+
+from actors._errors import Dropped, Interrupted
+
+if TYPE_CHECKING:
+    from collections.abc import Callable
+
+    from structlog.typing import FilteringBoundLogger
+
+    from actors._mailbox import Envelope
+
+__all__ = ["DeadLetter", "LatencyRing", "Outcomes"]
+
+
+@final
+@dataclass(frozen=True, slots=True)
+class DeadLetter:
+    """A message that was accepted but not handled: it failed or was dropped."""
+
+    key: str | int
+    """The user key the message was sent to."""
+    message: Any
+    """The message itself, as accepted."""
+    reason: str
+    """`"failed"`, or the drop reason: `"cleared"`, `"shutdown"`, `"stopped"`, `"gave_up"`, ..."""
+    error: BaseException | None
+    """The handler's exception for a failed message, else the `Dropped` error."""
+    priority: int = 0
+    """The priority it was sent with."""
+    attempts: int = 1
+    """How many times a handler ran on it (0 if it never ran)."""
+
+
+@final
+class LatencyRing:
+    """The latest `size` samples of a latency, in milliseconds, for percentiles."""
+
+    __slots__ = ("_count", "_samples", "_size")
+
+    def __init__(self, size: int = 8192) -> None:
+        self._samples: list[float] = []
+        self._size = size
+        self._count = 0
+
+    def add(self, seconds: float) -> None:
+        """Record one sample (in seconds)."""
+        if len(self._samples) < self._size:
+            self._samples.append(seconds)
+        else:
+            self._samples[self._count % self._size] = seconds
+        self._count += 1
+
+    def summary(self) -> dict[str, float]:
+        """Return count and p50/p90/p99/max in milliseconds over the retained samples."""
+        data = sorted(self._samples)
+        if not data:
+            return {"count": 0, "p50": 0.0, "p90": 0.0, "p99": 0.0, "max": 0.0}
+
+        def pct(q: float) -> float:
+            return data[min(len(data) - 1, math.ceil(q * len(data)) - 1)] * 1000.0
+
+        return {
+            "count": self._count,
+            "p50": pct(0.50),
+            "p90": pct(0.90),
+            "p99": pct(0.99),
+            "max": data[-1] * 1000.0,
+        }
+
+
+class Outcomes:
+    """Counts, resolves and dead-letters the outcome of every accepted message."""
+
+    __slots__ = (
+        "_dead",
+        "_on_dead_letter",
+        "dead_letter_count",
+        "dropped",
+        "failed",
+        "handled",
+        "interrupted",
+        "log",
+        "run",
+        "wait",
+    )
+
+    def __init__(
+        self,
+        log: FilteringBoundLogger,
+        *,
+        dead_letter_limit: int = 10_000,
+        on_dead_letter: Callable[[DeadLetter], None] | None = None,
+    ) -> None:
+        self.log = log
+        self.handled = 0
+        self.failed = 0
+        self.interrupted = 0
+        self.dropped = 0
+        self.dead_letter_count = 0
+        self.wait = LatencyRing()
+        self.run = LatencyRing()
+        self._dead: deque[DeadLetter] = deque(maxlen=dead_letter_limit)
+        self._on_dead_letter = on_dead_letter
+
+    def total(self) -> int:
+        """How many messages have an outcome."""
+        return self.handled + self.failed + self.interrupted + self.dropped
+
+    def on_handled(self, envelope: Envelope, result: Any) -> None:
+        """The handler returned `result`."""
+        self.handled += 1
+        reply_to = envelope.reply_to
+        if reply_to is not None:
+            reply_to.set(result)
+
+    def on_failed(self, key: str | int, envelope: Envelope, error: BaseException) -> None:
+        """The handler raised `error` and no retry is left."""
+        self.failed += 1
+        reply_to = envelope.reply_to
+        if reply_to is not None:
+            reply_to.set_exception(error)
+        else:
+            # No caller will see it: this is the only trace besides the dead letter.
+            self.log.error(
+                "message_failed",
+                key=key,
+                error=repr(error),
+                attempts=envelope.attempt,
+                exc_info=error,
+            )
+        self._dead_letter(DeadLetter(key, envelope.message, "failed", error, envelope.priority,
+                                     envelope.attempt))
+
+    def on_interrupted(self, key: str | int, envelope: Envelope, reason: str) -> None:
+        """The handler in flight was cancelled (by an interrupt or a shutdown)."""
+        self.interrupted += 1
+        reply_to = envelope.reply_to
+        if reply_to is not None:
+            reply_to.set_exception(Interrupted(key, reason))
+
+    def on_dropped(self, key: str | int, envelope: Envelope, reason: str, attempts: int = 0) -> None:
+        """The message was discarded without (another) run of the handler."""
+        self.dropped += 1
+        error = Dropped(key, reason)
+        reply_to = envelope.reply_to
+        if reply_to is not None:
+            reply_to.set_exception(error)
+        self._dead_letter(DeadLetter(key, envelope.message, reason, error, envelope.priority,
+                                     attempts))
+
+    def _dead_letter(self, letter: DeadLetter) -> None:
+        self.dead_letter_count += 1
+        self._dead.append(letter)
+        self.log.warning(
+            "message_dead_lettered", key=letter.key, reason=letter.reason,
+            priority=letter.priority,
+        )
+        if self._on_dead_letter is not None:
+            try:
+                self._on_dead_letter(letter)
+            except Exception as exc:  # noqa: BLE001 - a callback bug must not lose the record
+                self.log.error("dead_letter_callback_failed", key=letter.key, error=repr(exc),
+                               exc_info=exc)
+
+    def dead_letters(self) -> list[DeadLetter]:
+        """The retained dead letters, oldest first."""
+        return list(self._dead)
+
+    def forget(self, letter: DeadLetter) -> bool:
+        """Remove one retained dead letter (after it was redelivered)."""
+        try:
+            self._dead.remove(letter)
+        except ValueError:
+            return False
+        return True

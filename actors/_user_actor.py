@@ -1,0 +1,200 @@
+"""`UserActor`, the class users subclass, and `Context`, what a handler receives.
+
+A user actor is a pykka actor (same hook names and meanings: `on_start`,
+`on_stop`, `on_failure`) whose receive loop is not a thread but a task on the
+runtime's asyncio loop, driven by the key's `Cell` (see `actors/_cell.py`).
+The runtime creates it with `factory(key)`; the constructor must be cheap,
+since a chat backend activates thousands of these per second.
+
+What happens when, for one incarnation:
+
+1. `factory(key)` builds the instance (`__init__`).
+2. `on_start()` runs on the loop (awaited if async) before any message.
+3. `on_message(message, ctx)` runs once per message, one at a time, in
+   mailbox order. Its return value is the ask result.
+4. When the incarnation ends (idle, restart, stop, shutdown),
+   `on_stop(reason)` runs once. See `supervisors` for the reasons.
+"""
+
+from __future__ import annotations
+
+import inspect
+from typing import TYPE_CHECKING, Any, ClassVar
+
+import pykka
+import structlog
+
+from actors._future import LoopFuture
+from actors._mailbox import Mailbox
+
+if TYPE_CHECKING:
+    from collections.abc import Callable
+
+    from pykka._actor import ActorInbox
+
+__all__ = ["Context", "UserActor"]
+
+HANDLER_SYNC = 0
+HANDLER_ASYNC = 1
+HANDLER_BLOCKING = 2
+
+
+class _StoppedFlag:
+    """The cheap stand-in for pykka's `actor_stopped` `threading.Event`."""
+
+    __slots__ = ("_set",)
+
+    def __init__(self) -> None:
+        self._set = False
+
+    def is_set(self) -> bool:
+        return self._set
+
+    def set(self) -> None:
+        self._set = True
+
+
+class UserActor(pykka.Actor):
+    """Base class of the per-user actors: subclass it and implement `on_message`.
+
+    Class attributes tune the runtime's treatment of the subclass:
+
+    * `blocking = True` runs a plain-`def` `on_message` in the runtime's thread
+      pool instead of on the loop (still one message at a time per key);
+      interrupts then set `ctx.interrupted`, which the handler should check.
+    * `decider`: maps a failure to a directive for this class (overrides the
+      runtime's `RestartPolicy.decider`).
+    """
+
+    blocking: ClassVar[bool] = False
+    decider: ClassVar[Callable[[BaseException], Any] | None] = None
+    _handler_mode: ClassVar[int] = HANDLER_SYNC
+    _async_start: ClassVar[bool] = False
+    _async_stop: ClassVar[bool] = False
+
+    key: str | int
+    """The user key this actor serves (`"telegram:42"`)."""
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        # Decided once per class, not per message.
+        if inspect.iscoroutinefunction(cls.on_message):
+            cls._handler_mode = HANDLER_ASYNC
+        elif cls.blocking:
+            cls._handler_mode = HANDLER_BLOCKING
+        else:
+            cls._handler_mode = HANDLER_SYNC
+        cls._async_start = inspect.iscoroutinefunction(cls.on_start)
+        cls._async_stop = inspect.iscoroutinefunction(cls.on_stop)
+
+    def __init__(self, key: str | int) -> None:
+        # pykka.Actor.__init__ is deliberately not called: it creates a UUID, a
+        # threading.Event and an ActorRef per actor, which activation (P3) and
+        # memory per idle actor (P4) cannot afford. The same fields are
+        # provided lazily below.
+        self.key = key
+
+    # -- the hooks ------------------------------------------------------------
+
+    def on_message(self, message: Any, ctx: Context) -> Any:
+        """Handle one message; the return value is the ask result. Override this.
+
+        May be `async def` (runs on the loop; an interrupt cancels it at its next
+        `await`) or a plain `def` (runs on the loop, or in the thread pool when
+        the class sets `blocking = True`). An exception is a failure of the
+        message, handled by the supervisor's policy.
+        """
+        msg = f"{type(self).__name__} must implement on_message(message, ctx)"
+        raise NotImplementedError(msg)
+
+    def on_start(self) -> Any:
+        """Run before the first message of this incarnation. May be async.
+
+        An exception here is a failure, handled by the supervisor's policy.
+        """
+
+    def on_stop(self, reason: str) -> Any:  # type: ignore[override]
+        """Run once when this incarnation ends. May be async.
+
+        `reason` is `"idle"`, `"restart"`, `"stopped"`, `"gave_up"` or
+        `"shutdown"`. An exception here is logged and reported to the policy,
+        and never prevents the incarnation from ending.
+        """
+
+    # -- the pykka runtime seam ------------------------------------------------
+
+    @staticmethod
+    def _create_actor_inbox() -> ActorInbox:
+        return Mailbox()
+
+    @staticmethod
+    def _create_future() -> pykka.Future[Any]:
+        return LoopFuture()
+
+    def _start_actor_loop(self) -> None:
+        msg = (
+            "user actors are started by a Runtime on their key's first message; "
+            "use Runtime(ActorClass).tell(key, message)"
+        )
+        raise TypeError(msg)
+
+    @property  # type: ignore[override]
+    def actor_urn(self) -> str:
+        return f"urn:inorder:{type(self).__name__}:{self.key}"
+
+    @property  # type: ignore[override]
+    def actor_stopped(self) -> _StoppedFlag:
+        flag: _StoppedFlag | None = self.__dict__.get("_actor_stopped")
+        if flag is None:
+            flag = self.__dict__["_actor_stopped"] = _StoppedFlag()
+        return flag
+
+    def __str__(self) -> str:
+        return f"{type(self).__name__} ({self.key!r})"
+
+
+class Context:
+    """What a handler receives besides the message.
+
+    One context serves every message of an incarnation; its per-message
+    fields (`priority`, `attempt`, `interrupted`) describe the message being
+    handled, so read them during the call, not later.
+    """
+
+    __slots__ = ("_log", "_tell", "attempt", "interrupted", "key", "priority")
+
+    def __init__(self, key: str | int, tell: Callable[..., None]) -> None:
+        self.key = key
+        """The user key."""
+        self.priority = 0
+        """The priority of the message being handled."""
+        self.attempt = 1
+        """1 on the first run of this message, 2 on its first retry, ..."""
+        self.interrupted = False
+        """True once an interrupting message (or a timeout) asks this handler to stop.
+
+        Async handlers are cancelled anyway; blocking ones should check it."""
+        self._tell = tell
+        self._log: Any = None
+
+    @property
+    def log(self) -> Any:
+        """A structlog logger bound to `key` (created on first use)."""
+        if self._log is None:
+            self._log = structlog.get_logger("inorder.user").bind(key=self.key)
+        return self._log
+
+    def tell(
+        self,
+        key: str | int,
+        message: Any,
+        *,
+        priority: int = 0,
+        interrupt: bool = False,
+        clear: bool = False,
+    ) -> None:
+        """Send a message to another user (or this one), like `Runtime.tell`."""
+        self._tell(key, message, priority=priority, interrupt=interrupt, clear=clear)
+
+    def __repr__(self) -> str:
+        return f"<Context key={self.key!r} priority={self.priority} attempt={self.attempt}>"

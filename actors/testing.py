@@ -1,0 +1,108 @@
+"""Test helpers: virtual time for the runtime.
+
+`FakeClock` replaces the loop's clock for every timer of the runtime (idle
+shutdown, restart backoff, handler timeouts, cool-downs). Time moves only when
+a test calls `advance()`, and timers fire in deadline order at their exact
+virtual times::
+
+    clock = FakeClock()
+    async with Runtime(Bot, idle_timeout=30, clock=clock) as rt:
+        await rt.ask("telegram:1", "hi")
+        await clock.advance(29.999)
+        assert rt.stats()["live_actors"] == 1
+        await clock.advance(0.001)
+        await rt.wait_idle()
+        assert rt.stats()["live_actors"] == 0
+"""
+
+from __future__ import annotations
+
+import asyncio
+import heapq
+import itertools
+from typing import TYPE_CHECKING, Any, final
+
+if TYPE_CHECKING:
+    from collections.abc import Awaitable, Callable
+
+__all__ = ["FakeClock"]
+
+
+@final
+class _FakeTimer:
+    __slots__ = ("args", "callback", "cancelled", "when")
+
+    def __init__(self, when: float, callback: Callable[..., Any], args: tuple[Any, ...]) -> None:
+        self.when = when
+        self.callback = callback
+        self.args = args
+        self.cancelled = False
+
+    def cancel(self) -> None:
+        self.cancelled = True
+
+
+@final
+class FakeClock:
+    """Virtual time that moves only when `advance()` is called.
+
+    Prior art: trio's `MockClock.jump()`; twisted's `task.Clock`.
+    """
+
+    def __init__(self, start: float = 0.0) -> None:
+        self._now = start
+        self._seq = itertools.count()  # equal deadlines fire in the order they were set
+        self._timers: list[tuple[float, int, _FakeTimer]] = []
+        self._quiescers: list[Callable[[], Awaitable[None]]] = []
+
+    def attach(self, quiesce: Callable[[], Awaitable[None]]) -> None:
+        """Register a coroutine function that returns once its runtime is quiet.
+
+        A `Runtime` given this clock attaches its `wait_idle`, so `advance()`
+        lets everything a timer started finish before the next timer fires.
+        """
+        self._quiescers.append(quiesce)
+
+    def detach(self, quiesce: Callable[[], Awaitable[None]]) -> None:
+        """Undo `attach` (a runtime does it when it stops)."""
+        if quiesce in self._quiescers:
+            self._quiescers.remove(quiesce)
+
+    def now(self) -> float:
+        """The current virtual time."""
+        return self._now
+
+    def call_at(self, when: float, callback: Callable[..., Any], *args: Any) -> _FakeTimer:
+        """Schedule `callback(*args)` at virtual time `when` (at once on the next advance if past)."""
+        timer = _FakeTimer(when, callback, args)
+        heapq.heappush(self._timers, (when, next(self._seq), timer))
+        return timer
+
+    def pending_timers(self) -> list[float]:
+        """Deadlines of the timers not yet fired or cancelled, soonest first."""
+        return sorted(when for when, _, timer in self._timers if not timer.cancelled)
+
+    async def advance(self, seconds: float) -> None:
+        """Move time forward by `seconds`, firing due timers in deadline order.
+
+        The loop runs until nothing is ready after each timer, so what a timer
+        starts (a restart, an idle stop) happens at that timer's virtual time.
+        """
+        if seconds < 0:
+            msg = "time can't go backwards"
+            raise ValueError(msg)
+        target = self._now + seconds
+        while self._timers and self._timers[0][0] <= target:
+            when, _, timer = heapq.heappop(self._timers)
+            if timer.cancelled:
+                continue
+            self._now = max(self._now, when)
+            timer.callback(*timer.args)
+            await self._settle()
+        self._now = target
+        await self._settle()
+
+    async def _settle(self) -> None:
+        await asyncio.sleep(0)
+        for quiesce in list(self._quiescers):
+            await quiesce()

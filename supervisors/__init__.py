@@ -1,0 +1,13 @@
+"""inorder supervisors: restart policies, the supervisor actor and the `Runtime` facade."""
+
+from supervisors._policy import Decider, Directive, RestartPolicy, default_decider
+from supervisors._runtime import Runtime, ShutdownSummary
+
+__all__ = [
+    "Decider",
+    "Directive",
+    "RestartPolicy",
+    "Runtime",
+    "ShutdownSummary",
+    "default_decider",
+]

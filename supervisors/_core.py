@@ -1,0 +1,228 @@
+"""The runtime core: the router (per-message path) and the host of every cell.
+
+`_Core` lives on the loop thread. It routes `tell`/`ask` to the key's cell
+without any actor round trip (DESIGN.md §2), counts what the stats report,
+tracks the tasks that are running, and forwards the cells' lifecycle notices
+to the supervisor actor.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from concurrent.futures import ThreadPoolExecutor
+from typing import TYPE_CHECKING, Any
+
+from actors._cell import PARKED
+from actors._errors import InvalidKey, InvalidPriority, MailboxFull, RuntimeStopped
+from actors._mailbox import Envelope
+from supervisors._supervisor import Activate, ChildFailed
+
+if TYPE_CHECKING:
+    from collections.abc import Callable
+
+    from actors._cell import Cell
+    from actors._clock import Clock
+    from actors._outcomes import Outcomes
+    from actors._registry import RegistryActor
+    from actors._user_actor import UserActor
+    from supervisors._policy import Directive, RestartPolicy
+    from supervisors._supervisor import SupervisorActor
+
+__all__ = ["check_key", "check_priority"]
+
+
+def check_key(key: Any) -> None:
+    """Raise `InvalidKey` unless `key` is a non-empty `str` or an `int` (not `bool`)."""
+    if isinstance(key, bool) or not isinstance(key, str | int) or key == "":
+        raise InvalidKey(key)
+
+
+def check_priority(priority: Any) -> None:
+    """Raise `InvalidPriority` unless `priority` is an `int` >= 0 (not `bool`)."""
+    if isinstance(priority, bool) or not isinstance(priority, int) or priority < 0:
+        raise InvalidPriority(priority)
+
+
+class _Core:
+    """Router, counters and cell host of one running runtime (loop thread only)."""
+
+    def __init__(  # noqa: PLR0913 - one field per runtime option
+        self,
+        *,
+        loop: asyncio.AbstractEventLoop,
+        clock: Clock,
+        factory: Callable[[str | int], UserActor],
+        policy: RestartPolicy,
+        outcomes: Outcomes,
+        log: Any,
+        trace: bool,
+        max_pending: int,
+        max_total_pending: int | None,
+        idle_timeout: float | None,
+        max_active: int | None,
+        on_escalate: Callable[[BaseException], Directive],
+        batch: int,
+        max_workers: int | None,
+    ) -> None:
+        self.loop = loop
+        self.clock = clock
+        self.now = clock.now
+        self.factory = factory
+        self.policy = policy
+        self.outcomes = outcomes
+        self.log = log
+        self.trace = trace
+        self.max_pending = max_pending
+        self.max_total_pending = max_total_pending
+        self.idle_timeout = idle_timeout
+        self.max_active = max_active
+        self.on_escalate = on_escalate
+        self.batch = batch
+        self.handler_timeout = policy.handler_timeout
+        self._max_workers = max_workers
+        self._executor: ThreadPoolExecutor | None = None
+        self.accepting = True
+        self.pending = 0  # waiting in mailboxes
+        self.live = 0  # incarnations that exist (started and not yet stopped)
+        self.accepted = 0
+        self.activations = 0
+        self.restarts = 0
+        self.idle_stops = 0
+        self.gave_up = 0
+        self.actor_failures = 0
+        self.tasks: set[asyncio.Task[None]] = set()
+        self._idle_waiters: list[asyncio.Future[None]] = []
+        # Set by the runtime right after construction (they need the core first).
+        self.registry: RegistryActor = None  # type: ignore[assignment]
+        self.supervisor: SupervisorActor = None  # type: ignore[assignment]
+        self.cells: dict[str | int, Cell] = {}
+        self.ingress_size: Callable[[], int] = lambda: 0
+
+    # -- the router ---------------------------------------------------------------
+
+    def accept(
+        self,
+        key: Any,
+        message: Any,
+        priority: Any,
+        interrupt: bool,
+        clear: bool,
+        reply_to: Any,
+    ) -> None:
+        """Accept one message for `key`, or raise without enqueuing anything."""
+        if not self.accepting:
+            msg = "the runtime is stopping or stopped: it accepts no more messages"
+            raise RuntimeStopped(msg)
+        if type(key) is not str and type(key) is not int:
+            check_key(key)
+        if type(priority) is not int or priority < 0:
+            check_priority(priority)
+        cell = self.cells.get(key)
+        if cell is None:
+            if key == "":
+                raise InvalidKey(key)
+            self._check_total(key)
+            cell = self.registry.open(key)
+        else:
+            if len(cell.mailbox) >= self.max_pending:
+                raise MailboxFull(key, self.max_pending)
+            self._check_total(key)
+        envelope = Envelope(message, reply_to, priority, self.now())
+        self.accepted += 1
+        if cell.state is PARKED:
+            self.outcomes.on_dropped(key, envelope, "parked")
+            return
+        self.pending += 1
+        if clear:
+            self._clear_below(cell, priority)
+        if interrupt and cell.current is not None:
+            cell.interrupt(priority)
+        cell.deliver(envelope)
+
+    def _check_total(self, key: str | int) -> None:
+        limit = self.max_total_pending
+        if limit is not None and self.pending >= limit:
+            raise MailboxFull(key, limit, scope="runtime")
+
+    def _clear_below(self, cell: Cell, priority: int) -> None:
+        dropped = cell.mailbox.take_below(priority)
+        self.pending -= len(dropped)
+        for envelope in dropped:
+            self.outcomes.on_dropped(cell.key, envelope, "cleared", envelope.attempt - 1)
+
+    def tell(self, key: Any, message: Any, **options: Any) -> None:
+        """`Context.tell`: a handler telling a user (loop thread)."""
+        self.accept(
+            key,
+            message,
+            options.get("priority", 0),
+            options.get("interrupt", False),
+            options.get("clear", False),
+            None,
+        )
+
+    # -- the cells' host ------------------------------------------------------------
+
+    def executor(self) -> ThreadPoolExecutor:
+        if self._executor is None:
+            self._executor = ThreadPoolExecutor(
+                max_workers=self._max_workers, thread_name_prefix="inorder-blocking"
+            )
+        return self._executor
+
+    def shutdown_executor(self) -> None:
+        if self._executor is not None:
+            self._executor.shutdown(wait=False, cancel_futures=True)
+
+    def task_started(self, task: asyncio.Task[None]) -> None:
+        self.tasks.add(task)
+
+    def task_finished(self, task: asyncio.Task[None]) -> None:
+        self.tasks.discard(task)
+        if self._idle_waiters and not self.tasks:
+            self.notify()
+
+    def request_activation(self, cell: Cell) -> None:
+        self.supervisor.actor_ref.tell(Activate(cell))
+
+    def cell_idle(self, cell: Cell) -> None:
+        self.supervisor.cell_idle(cell)
+
+    def cell_failed(
+        self, cell: Cell, phase: str, error: BaseException, envelope: Envelope | None
+    ) -> None:
+        self.supervisor.actor_ref.tell(ChildFailed(cell, phase, error, envelope, cell.incarnation))
+
+    def cell_stopped(self, cell: Cell, reason: str) -> None:
+        self.supervisor.cell_stopped(cell, reason)
+
+    # -- quiescence -------------------------------------------------------------------
+
+    def quiet(self) -> bool:
+        """Nothing can happen without a message, a timer or time passing."""
+        return (
+            not self.tasks
+            and self.ingress_size() == 0
+            and self.supervisor.actor_inbox.empty()
+            and self.registry.actor_inbox.empty()
+        )
+
+    def notify(self) -> None:
+        """Wake `wait_idle` callers if the runtime is quiet."""
+        if self._idle_waiters and self.quiet():
+            waiters, self._idle_waiters = self._idle_waiters, []
+            for waiter in waiters:
+                if not waiter.done():
+                    waiter.set_result(None)
+
+    async def wait_idle(self) -> None:
+        """Return once every mailbox is drained or waiting on a timer, and nothing runs."""
+        while True:
+            # Let callbacks already scheduled (ingress drains, control messages) run first.
+            for _ in range(3):
+                await asyncio.sleep(0)
+            if self.quiet():
+                return
+            waiter = self.loop.create_future()
+            self._idle_waiters.append(waiter)
+            await waiter

@@ -1,0 +1,476 @@
+"""`Runtime`: the facade users hold.
+
+It starts the control actors on a loop, exposes `tell`/`ask` (thread-safe),
+`stats`, `dead_letters`, `redeliver`, `wait_idle` and `stop`, and can run its
+loop on a background thread for code that is not async.
+
+What happens when, for `async with Runtime(Bot) as rt:`:
+
+1. `start()` (on the running loop): the clock, the outcome book, the core
+   (router), the registry actor and the supervisor actor are created.
+2. `rt.tell(key, msg)` on the loop thread goes straight to the router; from
+   another thread it is validated at the call site, then handed to the loop
+   through the batched ingress.
+3. Leaving the block calls `stop(drain=True)`: no new messages are accepted,
+   what waits is handled until `timeout`, the rest is dropped("shutdown"),
+   handlers still in flight are cancelled (their messages end `Interrupted`
+   with reason "shutdown"), `on_stop("shutdown")` runs for every live actor,
+   and a `ShutdownSummary` is returned.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Self, final
+
+from actors._clock import LoopClock
+from actors._errors import InorderError, MailboxFull, RuntimeStopped
+from actors._future import LoopFuture
+from actors._logging import debug_enabled, library_logger
+from actors._mailbox import Envelope
+from actors._outcomes import Outcomes
+from actors._registry import RegistryActor
+from supervisors._core import _Core, check_key, check_priority
+from supervisors._ingress import Ingress, Submission
+from supervisors._policy import Directive, RestartPolicy
+from supervisors._shutdown import shutdown
+from supervisors._supervisor import SupervisorActor
+
+if TYPE_CHECKING:
+    from collections.abc import Callable
+    from types import TracebackType
+
+    from actors._clock import Clock
+    from actors._outcomes import DeadLetter
+    from actors._user_actor import UserActor
+
+__all__ = ["Runtime", "ShutdownSummary"]
+
+
+def _stop_on_escalate(_: BaseException) -> Directive:
+    return Directive.STOP
+
+
+@final
+@dataclass(frozen=True, slots=True)
+class ShutdownSummary:
+    """What `Runtime.stop` did, and the lifetime totals at the end."""
+
+    drained: bool
+    """True if everything that waited was handled before the timeout."""
+    dropped_on_stop: int
+    """Waiting messages dropped with reason "shutdown"."""
+    interrupted_on_stop: int
+    """Messages in flight whose handler was cancelled."""
+    actors_stopped: int
+    """Live actors whose `on_stop("shutdown")` ran."""
+    elapsed_s: float
+    accepted: int
+    handled: int
+    failed: int
+    interrupted: int
+    dropped: int
+
+
+@final
+class Runtime:
+    """Per-user mailbox actors on one asyncio loop.
+
+    Args:
+        actor_factory: a `UserActor` subclass or any callable `key -> UserActor`.
+        max_pending: waiting messages per key; past it `tell`/`ask` raise `MailboxFull`.
+        max_total_pending: optional bound on waiting messages across all keys.
+        idle_timeout: seconds an actor may sit idle before it stops (None: never).
+        max_active: optional cap on live actors; the least recently used idle ones stop first.
+        restart: the `RestartPolicy` (restart budget, backoff, retries, handler timeout).
+        on_escalate: the root supervisor's decider for escalated failures (default: stop the key).
+        dead_letter_limit: how many dead letters `dead_letters()` retains.
+        on_dead_letter: called with every new `DeadLetter` (on the loop thread).
+        clock: where time comes from (default: the loop's); tests pass `actors.testing.FakeClock`.
+        log_level: the level of the library's structlog events; default: the application's
+            structlog configuration, or WARNING if structlog is not configured.
+        max_workers: threads for `blocking = True` handlers (default: the executor's default).
+        batch: messages one actor handles before yielding the loop to others.
+    """
+
+    def __init__(  # noqa: PLR0913 - keyword-only options, each documented
+        self,
+        actor_factory: Callable[[str | int], UserActor],
+        *,
+        max_pending: int = 10_000,
+        max_total_pending: int | None = None,
+        idle_timeout: float | None = 300.0,
+        max_active: int | None = None,
+        restart: RestartPolicy | None = None,
+        on_escalate: Callable[[BaseException], Directive] | None = None,
+        dead_letter_limit: int = 10_000,
+        on_dead_letter: Callable[[DeadLetter], None] | None = None,
+        clock: Clock | None = None,
+        log_level: int | None = None,
+        max_workers: int | None = None,
+        batch: int = 64,
+    ) -> None:
+        if not callable(actor_factory):
+            msg = f"actor_factory must be a UserActor subclass or a callable, got {actor_factory!r}"
+            raise TypeError(msg)
+        _positive_int("max_pending", max_pending)
+        _positive_int("batch", batch)
+        _positive_int("dead_letter_limit", dead_letter_limit)
+        for name, value in (("max_total_pending", max_total_pending), ("max_active", max_active),
+                            ("max_workers", max_workers)):
+            if value is not None:
+                _positive_int(name, value)
+        if idle_timeout is not None and (
+            isinstance(idle_timeout, bool) or not isinstance(idle_timeout, int | float)
+            or not idle_timeout > 0
+        ):
+            msg = f"idle_timeout must be a number > 0 or None, got {idle_timeout!r}"
+            raise ValueError(msg)
+        if restart is not None and not isinstance(restart, RestartPolicy):
+            msg = f"restart must be a RestartPolicy, got {restart!r}"
+            raise TypeError(msg)
+        self._factory = actor_factory
+        self._options = {
+            "max_pending": max_pending, "max_total_pending": max_total_pending,
+            "idle_timeout": idle_timeout, "max_active": max_active, "batch": batch,
+            "max_workers": max_workers,
+        }
+        self._policy = restart if restart is not None else RestartPolicy()
+        self._on_escalate = on_escalate or _stop_on_escalate
+        self._dead_letter_limit = dead_letter_limit
+        self._on_dead_letter = on_dead_letter
+        self._clock = clock
+        self._log_level = log_level
+        self._core: _Core | None = None
+        self._ingress: Ingress | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._loop_thread = 0
+        self._state = "new"  # new -> running -> stopping -> stopped
+        self._stop_future: LoopFuture[ShutdownSummary] | None = None
+        self._thread: threading.Thread | None = None
+        self._thread_error: BaseException | None = None
+
+    def __repr__(self) -> str:
+        return f"<Runtime {self._state}>"
+
+    # -- lifecycle --------------------------------------------------------------------
+
+    async def start(self) -> Self:
+        """Start on the running loop. Raises `RuntimeStopped` if already started once."""
+        if self._state != "new":
+            msg = f"this runtime is {self._state}; a runtime starts once"
+            raise RuntimeStopped(msg)
+        loop = asyncio.get_running_loop()
+        clock = self._clock if self._clock is not None else LoopClock(loop)
+        log = library_logger(self._log_level)
+        outcomes = Outcomes(log, dead_letter_limit=self._dead_letter_limit,
+                            on_dead_letter=self._on_dead_letter)
+        opts = self._options
+        core = _Core(
+            loop=loop, clock=clock, factory=self._factory, policy=self._policy,
+            outcomes=outcomes, log=log, trace=debug_enabled(log),
+            max_pending=opts["max_pending"], max_total_pending=opts["max_total_pending"],
+            idle_timeout=opts["idle_timeout"], max_active=opts["max_active"],
+            on_escalate=self._on_escalate, batch=opts["batch"], max_workers=opts["max_workers"],
+        )
+        if isinstance(clock, LoopClock):
+            core.now = loop.time  # one call less on the per-message path
+        core.registry = RegistryActor(core)
+        core.supervisor = SupervisorActor(core)
+        core.registry._start_actor_loop()  # noqa: SLF001 - what LoopActor.spawn does
+        core.supervisor._start_actor_loop()  # noqa: SLF001
+        core.cells = core.registry.cells
+        self._ingress = Ingress(loop, self._from_ingress)
+        core.ingress_size = self._ingress.__len__
+        self._core = core
+        self._loop = loop
+        self._loop_thread = threading.get_ident()
+        attach = getattr(clock, "attach", None)
+        if attach is not None:
+            attach(self.wait_idle)
+        self._state = "running"
+        log.info("runtime_started", max_pending=opts["max_pending"],
+                 idle_timeout=opts["idle_timeout"])
+        return self
+
+    async def __aenter__(self) -> Self:
+        return await self.start()
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.stop()
+
+    def stop(self, *, drain: bool = True, timeout: float = 10.0) -> LoopFuture[ShutdownSummary]:
+        """Stop the runtime; returns a future of the `ShutdownSummary`.
+
+        Await it on the loop, or `.get(timeout=...)` it from another thread.
+        Idempotent: later calls return the same future (their options are
+        ignored). With `drain=False`, waiting messages are dropped at once.
+        """
+        if self._state == "new":
+            msg = "this runtime was never started"
+            raise RuntimeStopped(msg)
+        if self._stop_future is None:
+            loop: asyncio.AbstractEventLoop = self._loop  # type: ignore[assignment]
+            future: LoopFuture[ShutdownSummary] = LoopFuture(loop)
+            self._stop_future = future
+            if threading.get_ident() == self._loop_thread:
+                self._begin_stop(future, drain, timeout)
+            else:
+                loop.call_soon_threadsafe(self._begin_stop, future, drain, timeout)
+        return self._stop_future
+
+    def _begin_stop(self, future: LoopFuture[ShutdownSummary], drain: bool, timeout: float) -> None:
+        self._state = "stopping"
+        core: _Core = self._core  # type: ignore[assignment]
+        core.accepting = False
+        task = core.loop.create_task(self._shutdown(drain, timeout))
+        task.add_done_callback(lambda t: _resolve(future, t))
+
+    async def _shutdown(self, drain: bool, timeout: float) -> ShutdownSummary:
+        core: _Core = self._core  # type: ignore[assignment]
+        ingress: Ingress = self._ingress  # type: ignore[assignment]
+        started = time.monotonic()
+        try:
+            return await shutdown(core, ingress, self._accept_late, drain=drain,
+                                  timeout=timeout, started=started)
+        finally:
+            self._state = "stopped"
+            detach = getattr(core.clock, "detach", None)
+            if detach is not None:
+                detach(self.wait_idle)
+
+    # -- background-thread mode ---------------------------------------------------------
+
+    def __enter__(self) -> Self:
+        """Run the runtime's loop on a background thread (for code that is not async)."""
+        ready = threading.Event()
+        self._thread = threading.Thread(target=self._serve, args=(ready,), name="inorder-loop",
+                                        daemon=True)
+        self._thread.start()
+        ready.wait()
+        if self._thread_error is not None:
+            raise self._thread_error
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.stop().get()
+        if self._thread is not None:
+            self._thread.join()
+
+    def _serve(self, ready: threading.Event) -> None:
+        async def main() -> None:
+            try:
+                await self.start()
+            except BaseException as exc:
+                self._thread_error = exc
+                raise
+            finally:
+                ready.set()
+            stopped = asyncio.Event()
+            while self._stop_future is None:
+                await asyncio.sleep(0.05)
+            self._stop_future.add_done_callback(lambda _: stopped.set())
+            await stopped.wait()
+
+        try:
+            asyncio.run(main())
+        except BaseException:  # noqa: BLE001, S110 - reported to the caller of __enter__
+            pass
+
+    # -- messages ---------------------------------------------------------------------------
+
+    def tell(
+        self,
+        key: str | int,
+        message: Any,
+        *,
+        priority: int = 0,
+        interrupt: bool = False,
+        clear: bool = False,
+    ) -> None:
+        """Send `message` to `key`'s actor; returns once accepted. Thread-safe.
+
+        `priority` (int >= 0, higher first) picks the lane; `interrupt=True`
+        cancels the handler in flight if its priority is lower; `clear=True`
+        drops the waiting messages of lower priority.
+
+        Raises:
+            InvalidKey, InvalidPriority: bad input (nothing is enqueued).
+            MailboxFull: the key's mailbox (or the runtime-wide bound) is full.
+            RuntimeStopped: the runtime is not running.
+        """
+        if threading.get_ident() == self._loop_thread:
+            self._core.accept(key, message, priority, interrupt, clear, None)  # type: ignore[union-attr]
+        else:
+            self._submit(key, message, priority, interrupt, clear, None)
+
+    def ask(
+        self,
+        key: str | int,
+        message: Any,
+        *,
+        priority: int = 0,
+        interrupt: bool = False,
+        clear: bool = False,
+    ) -> LoopFuture[Any]:
+        """Like `tell`, and return a future of the handler's result. Thread-safe.
+
+        The future is awaitable on the loop and has pykka's blocking
+        `get(timeout=...)` for other threads. It raises the handler's
+        exception, `Interrupted`, or `Dropped` (with a `reason`).
+        """
+        if threading.get_ident() == self._loop_thread:
+            core: _Core = self._core  # type: ignore[assignment]
+            future: LoopFuture[Any] = LoopFuture(core.loop)
+            core.accept(key, message, priority, interrupt, clear, future)
+        else:
+            future = LoopFuture(self._loop)
+            self._submit(key, message, priority, interrupt, clear, future)
+        return future
+
+    def _submit(self, key: Any, message: Any, priority: Any, interrupt: bool, clear: bool,
+                reply_to: Any) -> None:
+        check_key(key)
+        check_priority(priority)
+        core = self._core
+        ingress = self._ingress
+        if self._state != "running" or core is None or ingress is None:
+            msg = f"the runtime is {self._state}: it accepts no messages"
+            raise RuntimeStopped(msg)
+        cell = core.cells.get(key)
+        if cell is not None and len(cell.mailbox) >= core.max_pending:  # best effort, see _accept_late
+            raise MailboxFull(key, core.max_pending)
+        try:
+            ingress.submit(Submission(key, message, priority, interrupt, clear, reply_to))
+        except RuntimeError as exc:  # the loop has closed
+            msg = "the runtime has stopped"
+            raise RuntimeStopped(msg) from exc
+
+    def _from_ingress(self, item: Submission) -> None:
+        self._accept_late(item, force=False)
+
+    def _accept_late(self, item: Submission, *, force: bool) -> None:
+        """Accept what a thread handed over; what cannot be accepted any more still gets an outcome.
+
+        The call site already returned (a tell returned None), so a mailbox that
+        filled up meanwhile, or a shutdown, turns the message into a drop.
+        """
+        core: _Core = self._core  # type: ignore[assignment]
+        accepting = core.accepting
+        if force:
+            core.accepting = True
+        try:
+            core.accept(*item)
+        except InorderError as exc:
+            if item.reply_to is not None:
+                item.reply_to.set_exception(exc)
+            else:
+                reason = "mailbox_full" if isinstance(exc, MailboxFull) else "shutdown"
+                core.accepted += 1
+                envelope = Envelope(item.message, None, item.priority, core.now())
+                core.outcomes.on_dropped(item.key, envelope, reason)
+        finally:
+            core.accepting = accepting
+
+    # -- introspection -------------------------------------------------------------------------
+
+    async def wait_idle(self) -> None:
+        """Return once nothing runs and nothing is runnable (quiescence, for tests and drains)."""
+        if self._core is None:
+            return
+        await self._core.wait_idle()
+
+    def stats(self) -> dict[str, Any]:
+        """Live figures: actors, pending messages, outcome counts, restarts, latencies."""
+        return self._on_loop(self._stats)
+
+    def _stats(self) -> dict[str, Any]:
+        core = self._core
+        if core is None:
+            return {}
+        out = core.outcomes
+        cells = core.cells.values()
+        depths = sorted(((len(c.mailbox), c.key) for c in cells if len(c.mailbox)), reverse=True)
+        return {
+            "state": self._state,
+            "live_actors": core.live,
+            "known_keys": len(core.cells),
+            "pending": core.pending + core.ingress_size(),
+            "pending_by_key": {key: depth for depth, key in depths[:20]},
+            "in_flight": sum(1 for c in cells if c.current is not None),
+            "accepted": core.accepted,
+            "handled": out.handled,
+            "failed": out.failed,
+            "interrupted": out.interrupted,
+            "dropped": out.dropped,
+            "dead_letters": out.dead_letter_count,
+            "restarts": core.restarts,
+            "gave_up": core.gave_up,
+            "actor_failures": core.actor_failures,
+            "activations": core.activations,
+            "idle_stops": core.idle_stops,
+            "wait_ms": out.wait.summary(),
+            "run_ms": out.run.summary(),
+        }
+
+    def pending(self, key: str | int) -> int:
+        """How many messages wait for `key` (0 for an unknown key)."""
+        check_key(key)
+        core = self._core
+        cell = core.cells.get(key) if core is not None else None
+        return len(cell.mailbox) if cell is not None else 0
+
+    def dead_letters(self) -> list[DeadLetter]:
+        """The retained dead letters (failed or dropped messages), oldest first."""
+        return self._on_loop(lambda: self._core.outcomes.dead_letters() if self._core else [])
+
+    def redeliver(self, letter: DeadLetter) -> None:
+        """Send a dead letter's message to its key again (as a new `tell`) and forget the record."""
+        self.tell(letter.key, letter.message, priority=letter.priority)
+        self._on_loop(lambda: self._core.outcomes.forget(letter) if self._core else False)
+
+    def _on_loop(self, fn: Callable[[], Any]) -> Any:
+        loop = self._loop
+        if loop is None or threading.get_ident() == self._loop_thread or loop.is_closed():
+            return fn()
+        future: LoopFuture[Any] = LoopFuture(loop)
+
+        def run() -> None:
+            try:
+                future.set(fn())
+            except Exception as exc:  # noqa: BLE001 - handed to the caller
+                future.set_exception(exc)
+
+        try:
+            loop.call_soon_threadsafe(run)
+        except RuntimeError:
+            return fn()
+        return future.get(timeout=30)
+
+
+def _positive_int(name: str, value: object) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        msg = f"{name} must be an int >= 1, got {value!r}"
+        raise ValueError(msg)
+
+
+def _resolve(future: LoopFuture[ShutdownSummary], task: asyncio.Task[ShutdownSummary]) -> None:
+    if task.cancelled():
+        future.set_exception(asyncio.CancelledError())
+    elif task.exception() is not None:
+        future.set_exception(task.exception())
+    else:
+        future.set(task.result())

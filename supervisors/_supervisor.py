@@ -1,0 +1,354 @@
+"""The supervisor actor: activation, failures, restarts, idle shutdown.
+
+Every change in a key's lifetime is a message to this actor, handled one at a
+time on the loop: `Activate` (first message, or a message after a stop),
+`ChildFailed`, `ChildStopped`, `RestartDue`, `Unpark`, and `Sweep` (idle
+shutdown). The decisions themselves come from the pure functions of
+`supervisors._policy`; this module applies them with the runtime's clock.
+
+Failure handling, step by step, for a failure of `on_message`:
+
+1. The cell stops draining (state SUSPENDED) and sends `ChildFailed`.
+2. The decider (the actor class's, else the policy's) picks a directive.
+3. If the directive is RESUME or RESTART and the message has retries left,
+   it goes back to the head of its lane with `attempt + 1`; otherwise it
+   ends failed (the ask raises the error; a tell's error is logged).
+4. RESUME: the same instance goes on. RESTART: the budget is charged; within
+   budget, the instance's `on_stop("restart")` runs and a new instance starts
+   after the backoff delay (messages keep queueing meanwhile); over budget,
+   "gave up" (below). STOP: the mailbox is dead-lettered ("stopped") and the
+   instance stopped. ESCALATE: the root supervisor (`on_escalate`) picks
+   again; its RESTART obeys the same budget, and an ESCALATE there stops.
+5. Gave up: the error is logged, the mailbox dead-lettered ("gave_up"), the
+   instance stopped with `on_stop("gave_up")`. Then the key starts afresh on
+   its next message, with a new budget, unless `park_for` parks it: for that
+   long its messages are dropped ("parked").
+
+Failures of `on_start` follow the same steps (there is no message to retry).
+A failure of `on_stop` is logged and counted; the incarnation ends anyway, and
+only an ESCALATE changes anything (the key is then stopped).
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from typing import TYPE_CHECKING, Any, NamedTuple
+
+from actors._cell import (
+    ACTIVATING,
+    CLOSED,
+    EMPTY,
+    IDLE,
+    PARKED,
+    STOPPING,
+    SUSPENDED,
+    Cell,
+)
+from actors._kernel import LoopActor
+from actors._registry import Release
+from actors._user_actor import UserActor
+from supervisors._policy import (
+    Directive,
+    RestartState,
+    decide,
+    plan_restart,
+    should_retry,
+)
+
+if TYPE_CHECKING:
+    from actors._clock import TimerHandle
+    from actors._mailbox import Envelope
+    from supervisors._runtime import _Core
+
+__all__ = ["Activate", "ChildFailed", "ChildStopped", "SupervisorActor"]
+
+
+class Activate(NamedTuple):
+    cell: Cell
+
+
+class ChildFailed(NamedTuple):
+    cell: Cell
+    phase: str
+    error: BaseException
+    envelope: Envelope | None
+    incarnation: int
+
+
+class ChildStopped(NamedTuple):
+    cell: Cell
+    reason: str
+
+
+class RestartDue(NamedTuple):
+    cell: Cell
+
+
+class Unpark(NamedTuple):
+    cell: Cell
+
+
+class Sweep(NamedTuple):
+    pass
+
+
+class SupervisorActor(LoopActor):
+    """Creates, restarts and passivates the user actors of one runtime."""
+
+    def __init__(self, core: _Core) -> None:
+        super().__init__()
+        self.core = core
+        self.policy = core.policy
+        # Idle cells, least recently idle first; stale entries are skipped lazily.
+        self.idle: OrderedDict[str | int, Cell] = OrderedDict()
+        self._sweep_timer: TimerHandle | None = None
+        self._sweep_at = 0.0
+        self._sweep_queued = False
+        self.stopping = 0  # incarnations whose on_stop is running
+        self.closing = False  # set by the runtime's shutdown: no new incarnations
+
+    def on_receive(self, message: Any) -> Any:
+        handler = self._handlers.get(type(message))
+        if handler is None:
+            return super().on_receive(message)
+        handler(self, message)
+        return None
+
+    def _process_inbox(self) -> None:
+        super()._process_inbox()
+        self.core.notify()
+
+    # -- activation ---------------------------------------------------------------
+
+    def _on_activate(self, message: Activate) -> None:
+        self._activate(message.cell, restarting=False)
+
+    def _activate(self, cell: Cell, *, restarting: bool) -> None:
+        if cell.state is not ACTIVATING:
+            return
+        if self.closing:
+            cell.state = EMPTY
+            return
+        try:
+            actor = self.core.factory(cell.key)
+            if not isinstance(actor, UserActor):
+                msg = f"the actor factory returned {actor!r}, not a UserActor instance"
+                raise TypeError(msg)  # noqa: TRY301 - handled as a start failure below
+            if getattr(actor, "key", None) is None:
+                actor.key = cell.key
+        except Exception as exc:  # noqa: BLE001 - a start failure, supervised
+            cell.state = SUSPENDED
+            self._on_failed(ChildFailed(cell, "init", exc, None, cell.incarnation))
+            return
+        cell.start(actor)
+        self.core.activations += 1
+        if restarting:
+            self.core.log.info("actor_restarted", key=cell.key, incarnation=cell.incarnation)
+        elif self.core.trace:
+            self.core.log.debug("actor_started", key=cell.key, incarnation=cell.incarnation)
+
+    # -- failures -----------------------------------------------------------------
+
+    def _on_failed(self, message: ChildFailed) -> None:
+        cell, phase, error, envelope, _ = message
+        core = self.core
+        actor = cell.actor
+        decider = getattr(type(actor), "decider", None) if actor is not None else None
+        directive = decide(decider or self.policy.decider, error)
+        core.actor_failures += 1
+        core.log.warning(
+            "actor_failed", key=cell.key, phase=phase, error=repr(error),
+            directive=directive.value, incarnation=cell.incarnation,
+            attempt=envelope.attempt if envelope is not None else None,
+        )
+        if directive is Directive.ESCALATE:
+            directive = self._escalate(cell, error)
+        if envelope is not None:
+            if not self.closing and should_retry(self.policy, envelope.attempt, directive):
+                envelope.attempt += 1
+                cell.mailbox.put_front(envelope)
+                core.pending += 1
+            else:
+                core.outcomes.on_failed(cell.key, envelope, error)
+        if phase == "on_stop":
+            if directive is Directive.STOP:
+                self._drop_waiting(cell, "stopped")
+            return
+        if cell.state is not SUSPENDED or self.closing:
+            return
+        if directive is Directive.RESUME and actor is not None:
+            cell.resume()
+        elif directive is Directive.STOP:
+            self._drop_waiting(cell, "stopped")
+            self._stop_cell(cell, "stopped")
+        else:
+            self._restart(cell, error)
+
+    def _escalate(self, cell: Cell, error: BaseException) -> Directive:
+        directive = decide(self.core.on_escalate, error)
+        self.core.log.error("supervisor_escalated", key=cell.key, error=repr(error),
+                            directive=directive.value, exc_info=error)
+        return Directive.STOP if directive is Directive.ESCALATE else directive
+
+    def _restart(self, cell: Cell, error: BaseException) -> None:
+        core = self.core
+        state = cell.policy_state or RestartState()
+        plan = plan_restart(self.policy, state, core.clock.now(), self.policy.rng.random())
+        cell.policy_state = plan.state
+        if plan.gave_up:
+            core.gave_up += 1
+            core.log.error("supervisor_gave_up", key=cell.key, error=repr(error),
+                           restarts=len(plan.state.restarts), within=self.policy.within)
+            self._drop_waiting(cell, "gave_up")
+            self._stop_cell(cell, "gave_up")
+            return
+        core.restarts += 1
+        core.log.info("actor_restart_scheduled", key=cell.key, delay_s=round(plan.delay, 6),
+                      restarts=len(plan.state.restarts), incarnation=cell.incarnation)
+        due = core.clock.now() + plan.delay
+        if cell.actor is None:
+            cell.timer = core.clock.call_at(due, self._tell, RestartDue(cell))
+        else:
+            cell.timer = None
+            cell.restart_at = due  # used once the old instance has stopped
+            self._stop_cell(cell, "restart")
+
+    def _on_restart_due(self, message: RestartDue) -> None:
+        cell = message.cell
+        cell.timer = None
+        if cell.state is not SUSPENDED or self.closing:
+            return
+        cell.state = ACTIVATING
+        self._activate(cell, restarting=True)
+
+    # -- stopping -------------------------------------------------------------------
+
+    def _stop_cell(self, cell: Cell, reason: str) -> None:
+        if cell.actor is None:
+            cell.state = EMPTY
+            self._on_stopped(ChildStopped(cell, reason))
+            return
+        self.begin_stop(cell, reason)
+
+    def begin_stop(self, cell: Cell, reason: str) -> None:
+        """Run the incarnation's `on_stop(reason)`; `cell_stopped` follows."""
+        self.stopping += 1
+        cell.stop(reason)
+
+    def _drop_waiting(self, cell: Cell, reason: str) -> None:
+        dropped = cell.mailbox.take_all()
+        self.core.pending -= len(dropped)
+        for envelope in dropped:
+            self.core.outcomes.on_dropped(cell.key, envelope, reason, envelope.attempt - 1)
+
+    def _on_stopped(self, message: ChildStopped) -> None:
+        cell, reason = message
+        if cell.state is CLOSED or self.closing:
+            return
+        core = self.core
+        if reason == "restart":
+            cell.state = SUSPENDED
+            due = max(cell.restart_at, core.clock.now())
+            cell.timer = core.clock.call_at(due, self._tell, RestartDue(cell))
+            return
+        if reason == "gave_up":
+            cell.policy_state = None  # the next incarnation gets a fresh budget
+            park_for = self.policy.park_for
+            if park_for is not None:
+                cell.state = PARKED
+                self._drop_waiting(cell, "parked")
+                cell.timer = core.clock.call_at(core.clock.now() + park_for, self._tell,
+                                                Unpark(cell))
+                return
+        if cell.state is not EMPTY:
+            return
+        if cell.mailbox.empty():
+            core.registry.tell(Release(cell))
+        else:
+            # A message raced the stop: it goes to a new incarnation, in order.
+            cell.state = ACTIVATING
+            self._activate(cell, restarting=False)
+
+    def _on_unpark(self, message: Unpark) -> None:
+        cell = message.cell
+        if cell.state is PARKED:
+            cell.timer = None
+            cell.state = EMPTY
+            self._on_stopped(ChildStopped(cell, "unparked"))
+
+    # -- idle shutdown ----------------------------------------------------------------
+
+    def cell_idle(self, cell: Cell) -> None:
+        """Note that `cell` became idle now (direct call from the cell, loop thread)."""
+        core = self.core
+        timeout = core.idle_timeout
+        cell.idle_since = core.clock.now()
+        idle = self.idle
+        idle[cell.key] = cell
+        idle.move_to_end(cell.key)
+        if core.max_active is not None and core.live - self.stopping > core.max_active:
+            self._queue_sweep()
+        elif timeout is not None and self._sweep_timer is None:
+            self._arm_sweep(cell.idle_since + timeout)
+
+    def _arm_sweep(self, when: float) -> None:
+        self._sweep_at = when
+        self._sweep_timer = self.core.clock.call_at(when, self._sweep_due)
+
+    def _sweep_due(self) -> None:
+        self._sweep_timer = None
+        self._queue_sweep()
+
+    def _queue_sweep(self) -> None:
+        if not self._sweep_queued:
+            self._sweep_queued = True
+            self._tell(Sweep())
+
+    def _on_sweep(self, _: Sweep) -> None:
+        self._sweep_queued = False
+        if self.closing:
+            return
+        core = self.core
+        now = core.clock.now()
+        timeout = core.idle_timeout
+        idle = self.idle
+        while idle:
+            key, cell = next(iter(idle.items()))
+            if cell.state is not IDLE:
+                del idle[key]
+                continue
+            over = core.max_active is not None and core.live - self.stopping > core.max_active
+            expired = timeout is not None and cell.idle_since + timeout <= now
+            if not (over or expired):
+                break
+            del idle[key]
+            self._passivate(cell, "lru" if over and not expired else "idle")
+        if idle and timeout is not None and self._sweep_timer is None:
+            first = next(iter(idle.values()))
+            self._arm_sweep(first.idle_since + timeout)
+
+    def _passivate(self, cell: Cell, why: str) -> None:
+        self.core.idle_stops += 1
+        if self.core.trace:
+            self.core.log.debug("actor_idle_stopped", key=cell.key, incarnation=cell.incarnation,
+                                cause=why)
+        self.begin_stop(cell, "idle")
+
+    def cell_stopped(self, cell: Cell, reason: str) -> None:
+        """The cell's `on_stop` finished (direct call, loop thread)."""
+        self.stopping -= 1
+        if cell.state is STOPPING:
+            cell.state = EMPTY
+        self._tell(ChildStopped(cell, reason))
+
+    def _tell(self, message: Any) -> None:
+        self.actor_ref.tell(message)
+
+    _handlers: dict[type, Any] = {  # noqa: RUF012
+        Activate: _on_activate,
+        ChildFailed: _on_failed,
+        ChildStopped: _on_stopped,
+        RestartDue: _on_restart_due,
+        Unpark: _on_unpark,
+        Sweep: _on_sweep,
+    }
