@@ -26,7 +26,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 from actors._errors import HandlerTimeout
 from actors._mailbox import Mailbox
-from actors._user_actor import HANDLER_ASYNC, HANDLER_BLOCKING, HANDLER_SYNC, Context
+from actors._user_actor import HANDLER_ASYNC, HANDLER_SYNC, Context
 
 if TYPE_CHECKING:
     from concurrent.futures import Executor
@@ -187,16 +187,16 @@ class Cell:
         actor: UserActor = self.actor  # type: ignore[assignment]
         try:
             result = actor.on_start()
-            if actor._async_start:  # noqa: SLF001
+            if actor._async_start:
                 await result
-        except Exception as exc:  # noqa: BLE001 - a failure, reported to the supervisor
+        except Exception as exc:
             self.state = SUSPENDED
             self.host.cell_failed(self, "on_start", exc, None)
             return False
         self.state = RUNNING
         return True
 
-    async def _drain(self) -> None:  # noqa: C901, PLR0912 - the hot loop, kept flat on purpose
+    async def _drain(self) -> None:
         host = self.host
         mailbox = self.mailbox
         outcomes = host.outcomes
@@ -204,7 +204,7 @@ class Cell:
         actor: UserActor = self.actor  # type: ignore[assignment]
         ctx: Context = self.ctx  # type: ignore[assignment]
         handler = actor.on_message
-        mode = actor._handler_mode  # noqa: SLF001
+        mode = actor._handler_mode
         budget = host.batch
         while self.state is RUNNING:
             envelope = mailbox.pop()
@@ -220,8 +220,10 @@ class Cell:
             ctx.attempt = envelope.attempt
             ctx.interrupted = False
             timeout = host.handler_timeout
-            timer = None if timeout is None else host.clock.call_at(
-                started + timeout, self._cut_short, "timeout"
+            timer = (
+                None
+                if timeout is None
+                else host.clock.call_at(started + timeout, self._cut_short, "timeout")
             )
             try:
                 if mode == HANDLER_ASYNC:
@@ -240,7 +242,7 @@ class Cell:
                     self._cut = None
                     raise
                 result = None
-            except Exception as exc:  # noqa: BLE001 - reported to the supervisor
+            except Exception:
                 if self._cut == "timeout":
                     exc = HandlerTimeout(self.key, timeout)  # type: ignore[arg-type]
                 self._fail(envelope, exc)
@@ -255,9 +257,12 @@ class Cell:
                 outcomes.on_handled(envelope, result)
                 if host.trace:
                     host.log.debug(
-                        "message_handled", key=self.key, priority=envelope.priority,
+                        "message_handled",
+                        key=self.key,
+                        priority=envelope.priority,
                         wait_ms=round((started - envelope.accepted_at) * 1000, 3),
-                        run_ms=round((host.now() - started) * 1000, 3), depth=len(mailbox),
+                        run_ms=round((host.now() - started) * 1000, 3),
+                        depth=len(mailbox),
                     )
             elif cut == "interrupt":
                 self._cut = None
@@ -304,7 +309,7 @@ class Cell:
         # A handler that interrupts its own key must not cancel the task it runs in:
         # the cancellation would land on a later, unrelated await.
         if (
-            actor._handler_mode == HANDLER_ASYNC  # noqa: SLF001
+            actor._handler_mode == HANDLER_ASYNC
             and task is not None
             and task is not asyncio.current_task()
         ):
@@ -325,9 +330,9 @@ class Cell:
             if actor is not None:
                 try:
                     result = actor.on_stop(reason)
-                    if actor._async_stop:  # noqa: SLF001
+                    if actor._async_stop:
                         await result
-                except Exception as exc:  # noqa: BLE001 - reported, and the stop goes on
+                except Exception as exc:
                     self.host.cell_failed(self, "on_stop", exc, None)
         finally:
             if actor is not None:

@@ -7,10 +7,10 @@ cool-downs) goes through a `Clock`, so tests can replace real time with
 
 from __future__ import annotations
 
-import asyncio
 from typing import TYPE_CHECKING, Any, Protocol, final
 
 if TYPE_CHECKING:
+    import asyncio
     from collections.abc import Callable
 
 __all__ = ["Clock", "LoopClock", "TimerHandle"]

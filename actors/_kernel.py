@@ -66,8 +66,8 @@ class LoopInbox:
     def put(self, envelope: Envelope[Any], /) -> None:
         loop = self._loop
         reply_to = envelope.reply_to
-        if isinstance(reply_to, LoopFuture) and reply_to._loop is None:  # noqa: SLF001
-            reply_to._loop = loop  # noqa: SLF001 - futures are created unbound by pykka
+        if isinstance(reply_to, LoopFuture) and reply_to._loop is None:
+            reply_to._loop = loop
         if loop is None or threading.get_ident() == self._thread:
             self._queue.append(envelope)
             if loop is not None and not self._scheduled:
@@ -130,8 +130,8 @@ class LoopActor(pykka.Actor):
 
     def _process_inbox(self) -> None:
         inbox: LoopInbox = self.actor_inbox  # type: ignore[assignment]
-        inbox._scheduled = False  # noqa: SLF001
-        while inbox._queue and not self.actor_stopped.is_set():  # noqa: SLF001
+        inbox._scheduled = False
+        while inbox._queue and not self.actor_stopped.is_set():
             envelope = inbox.get()
             try:
                 response = self._handle_receive(envelope.message)
@@ -139,8 +139,12 @@ class LoopActor(pykka.Actor):
                 if envelope.reply_to is not None:
                     envelope.reply_to.set_exception(exc)  # type: ignore[arg-type]
                 else:
-                    _log.error("control_actor_failed", actor=type(self).__name__,
-                               error=repr(exc), exc_info=exc)
+                    _log.error(
+                        "control_actor_failed",
+                        actor=type(self).__name__,
+                        error=repr(exc),
+                        exc_info=exc,
+                    )
             else:
                 if envelope.reply_to is not None:
                     envelope.reply_to.set(response)
@@ -153,7 +157,7 @@ class LoopActor(pykka.Actor):
             envelope = inbox.get()
             if envelope.reply_to is None:
                 continue
-            if isinstance(envelope.message, messages._ActorStop):  # noqa: SLF001
+            if isinstance(envelope.message, messages._ActorStop):
                 envelope.reply_to.set(None)
             else:
                 envelope.reply_to.set_exception(
@@ -164,6 +168,7 @@ class LoopActor(pykka.Actor):
         self.actor_stopped.set()
         try:
             self.on_stop()
-        except Exception as exc:  # noqa: BLE001 - stopping must finish
-            _log.error("control_actor_failed", actor=type(self).__name__, error=repr(exc),
-                       exc_info=exc)
+        except Exception as exc:
+            _log.error(
+                "control_actor_failed", actor=type(self).__name__, error=repr(exc), exc_info=exc
+            )

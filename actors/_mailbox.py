@@ -83,12 +83,12 @@ class Mailbox:
         lanes = self._lanes
         if lanes is None:
             lanes = self._lanes = {}
-        priority = envelope.priority  # type: ignore[attr-defined]
+        priority = envelope.priority
         lane = lanes.get(priority)
         if lane is None:
             lane = lanes[priority] = deque()
             insort(self._order, priority)
-        lane.append(envelope)  # type: ignore[arg-type]
+        lane.append(envelope)
         self._size += 1
 
     def put_front(self, envelope: Envelope) -> None:

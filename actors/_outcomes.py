@@ -133,7 +133,7 @@ class Outcomes:
         self.failed += 1
         reply_to = envelope.reply_to
         if reply_to is not None:
-            reply_to.set_exception(error)
+            reply_to.set_exception(_exc_info(error))
         else:
             # No caller will see it: this is the only trace besides the dead letter.
             self.log.error(
@@ -143,39 +143,46 @@ class Outcomes:
                 attempts=envelope.attempt,
                 exc_info=error,
             )
-        self._dead_letter(DeadLetter(key, envelope.message, "failed", error, envelope.priority,
-                                     envelope.attempt))
+        self._dead_letter(
+            DeadLetter(key, envelope.message, "failed", error, envelope.priority, envelope.attempt)
+        )
 
     def on_interrupted(self, key: str | int, envelope: Envelope, reason: str) -> None:
         """The handler in flight was cancelled (by an interrupt or a shutdown)."""
         self.interrupted += 1
         reply_to = envelope.reply_to
         if reply_to is not None:
-            reply_to.set_exception(Interrupted(key, reason))
+            reply_to.set_exception(_exc_info(Interrupted(key, reason)))
 
-    def on_dropped(self, key: str | int, envelope: Envelope, reason: str, attempts: int = 0) -> None:
+    def on_dropped(
+        self, key: str | int, envelope: Envelope, reason: str, attempts: int = 0
+    ) -> None:
         """The message was discarded without (another) run of the handler."""
         self.dropped += 1
         error = Dropped(key, reason)
         reply_to = envelope.reply_to
         if reply_to is not None:
-            reply_to.set_exception(error)
-        self._dead_letter(DeadLetter(key, envelope.message, reason, error, envelope.priority,
-                                     attempts))
+            reply_to.set_exception(_exc_info(error))
+        self._dead_letter(
+            DeadLetter(key, envelope.message, reason, error, envelope.priority, attempts)
+        )
 
     def _dead_letter(self, letter: DeadLetter) -> None:
         self.dead_letter_count += 1
         self._dead.append(letter)
         self.log.warning(
-            "message_dead_lettered", key=letter.key, reason=letter.reason,
+            "message_dead_lettered",
+            key=letter.key,
+            reason=letter.reason,
             priority=letter.priority,
         )
         if self._on_dead_letter is not None:
             try:
                 self._on_dead_letter(letter)
-            except Exception as exc:  # noqa: BLE001 - a callback bug must not lose the record
-                self.log.error("dead_letter_callback_failed", key=letter.key, error=repr(exc),
-                               exc_info=exc)
+            except Exception as exc:
+                self.log.error(
+                    "dead_letter_callback_failed", key=letter.key, error=repr(exc), exc_info=exc
+                )
 
     def dead_letters(self) -> list[DeadLetter]:
         """The retained dead letters, oldest first."""
@@ -188,3 +195,8 @@ class Outcomes:
         except ValueError:
             return False
         return True
+
+
+def _exc_info(error: BaseException) -> tuple[type[BaseException], BaseException, Any]:
+    """pykka's `Future.set_exception` takes an exc_info triple."""
+    return (type(error), error, error.__traceback__)

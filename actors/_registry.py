@@ -50,7 +50,7 @@ class RegistryActor(LoopActor):
             cell = self.cells[key] = Cell(key, self.host)
         return cell
 
-    def owner(self, key: str | int) -> str | None:  # noqa: ARG002 - seam for the Redis backend
+    def owner(self, key: str | int) -> str | None:
         """The node that owns `key`, or `None` when it is this one."""
         return None
 

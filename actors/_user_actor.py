@@ -138,12 +138,12 @@ class UserActor(pykka.Actor):
         )
         raise TypeError(msg)
 
-    @property  # type: ignore[override]
-    def actor_urn(self) -> str:
+    @property
+    def actor_urn(self) -> str:  # type: ignore[override]
         return f"urn:inorder:{type(self).__name__}:{self.key}"
 
-    @property  # type: ignore[override]
-    def actor_stopped(self) -> _StoppedFlag:
+    @property
+    def actor_stopped(self) -> _StoppedFlag:  # type: ignore[override]
         flag: _StoppedFlag | None = self.__dict__.get("_actor_stopped")
         if flag is None:
             flag = self.__dict__["_actor_stopped"] = _StoppedFlag()

@@ -73,7 +73,7 @@ class FakeClock:
         return self._now
 
     def call_at(self, when: float, callback: Callable[..., Any], *args: Any) -> _FakeTimer:
-        """Schedule `callback(*args)` at virtual time `when` (at once on the next advance if past)."""
+        """Schedule `callback(*args)` at virtual time `when` (next advance, if already past)."""
         timer = _FakeTimer(when, callback, args)
         heapq.heappush(self._timers, (when, next(self._seq), timer))
         return timer

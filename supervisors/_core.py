@@ -46,7 +46,7 @@ def check_priority(priority: Any) -> None:
 class _Core:
     """Router, counters and cell host of one running runtime (loop thread only)."""
 
-    def __init__(  # noqa: PLR0913 - one field per runtime option
+    def __init__(
         self,
         *,
         loop: asyncio.AbstractEventLoop,

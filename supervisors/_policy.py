@@ -11,8 +11,8 @@ from __future__ import annotations
 import enum
 import math
 import random
-from dataclasses import dataclass, field, replace
 from collections.abc import Callable
+from dataclasses import dataclass, field, replace
 from typing import TypeAlias, final
 
 __all__ = [
@@ -55,7 +55,7 @@ def decide(decider: Decider, error: BaseException) -> Directive:
     """Apply a decider; a decider that raises or answers nonsense escalates."""
     try:
         directive = decider(error)
-    except Exception:  # noqa: BLE001 - a broken decider must not break supervision
+    except Exception:
         return Directive.ESCALATE
     return directive if isinstance(directive, Directive) else Directive.ESCALATE
 
@@ -162,14 +162,16 @@ class RestartPlan:
 
 
 def backoff_delay(policy: RestartPolicy, consecutive: int, unit: float) -> float:
-    """The delay before restart number `consecutive` (0-based), for a jitter draw `unit` in [0, 1)."""
+    """The delay before restart number `consecutive` (0-based), for a jitter draw in [0, 1)."""
     base = policy.backoff_min * policy.backoff_factor ** min(consecutive, 1024)
     base = min(base, policy.backoff_max)
     jittered = base * (1.0 + policy.jitter * (2.0 * unit - 1.0))
     return max(0.0, min(jittered, policy.backoff_max))
 
 
-def plan_restart(policy: RestartPolicy, state: RestartState, now: float, unit: float) -> RestartPlan:
+def plan_restart(
+    policy: RestartPolicy, state: RestartState, now: float, unit: float
+) -> RestartPlan:
     """Charge one restart at time `now` to the budget and pick its backoff delay.
 
     The budget window is `(now - within, now]`: a restart exactly `within`

@@ -21,10 +21,11 @@ What happens when, for `async with Runtime(Bot) as rt:`:
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import threading
 import time
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Self, final
+from typing import TYPE_CHECKING, Any, Self, TypeVar, final
 
 from actors._clock import LoopClock
 from actors._errors import InorderError, MailboxFull, RuntimeStopped
@@ -48,6 +49,8 @@ if TYPE_CHECKING:
     from actors._user_actor import UserActor
 
 __all__ = ["Runtime", "ShutdownSummary"]
+
+_T = TypeVar("_T")
 
 
 def _stop_on_escalate(_: BaseException) -> Directive:
@@ -96,7 +99,7 @@ class Runtime:
         batch: messages one actor handles before yielding the loop to others.
     """
 
-    def __init__(  # noqa: PLR0913 - keyword-only options, each documented
+    def __init__(
         self,
         actor_factory: Callable[[str | int], UserActor],
         *,
@@ -119,12 +122,16 @@ class Runtime:
         _positive_int("max_pending", max_pending)
         _positive_int("batch", batch)
         _positive_int("dead_letter_limit", dead_letter_limit)
-        for name, value in (("max_total_pending", max_total_pending), ("max_active", max_active),
-                            ("max_workers", max_workers)):
+        for name, value in (
+            ("max_total_pending", max_total_pending),
+            ("max_active", max_active),
+            ("max_workers", max_workers),
+        ):
             if value is not None:
                 _positive_int(name, value)
         if idle_timeout is not None and (
-            isinstance(idle_timeout, bool) or not isinstance(idle_timeout, int | float)
+            isinstance(idle_timeout, bool)
+            or not isinstance(idle_timeout, int | float)
             or not idle_timeout > 0
         ):
             msg = f"idle_timeout must be a number > 0 or None, got {idle_timeout!r}"
@@ -133,9 +140,12 @@ class Runtime:
             msg = f"restart must be a RestartPolicy, got {restart!r}"
             raise TypeError(msg)
         self._factory = actor_factory
-        self._options = {
-            "max_pending": max_pending, "max_total_pending": max_total_pending,
-            "idle_timeout": idle_timeout, "max_active": max_active, "batch": batch,
+        self._options: dict[str, Any] = {
+            "max_pending": max_pending,
+            "max_total_pending": max_total_pending,
+            "idle_timeout": idle_timeout,
+            "max_active": max_active,
+            "batch": batch,
             "max_workers": max_workers,
         }
         self._policy = restart if restart is not None else RestartPolicy()
@@ -152,6 +162,7 @@ class Runtime:
         self._stop_future: LoopFuture[ShutdownSummary] | None = None
         self._thread: threading.Thread | None = None
         self._thread_error: BaseException | None = None
+        self._done: asyncio.Event | None = None
 
     def __repr__(self) -> str:
         return f"<Runtime {self._state}>"
@@ -166,22 +177,32 @@ class Runtime:
         loop = asyncio.get_running_loop()
         clock = self._clock if self._clock is not None else LoopClock(loop)
         log = library_logger(self._log_level)
-        outcomes = Outcomes(log, dead_letter_limit=self._dead_letter_limit,
-                            on_dead_letter=self._on_dead_letter)
+        outcomes = Outcomes(
+            log, dead_letter_limit=self._dead_letter_limit, on_dead_letter=self._on_dead_letter
+        )
         opts = self._options
         core = _Core(
-            loop=loop, clock=clock, factory=self._factory, policy=self._policy,
-            outcomes=outcomes, log=log, trace=debug_enabled(log),
-            max_pending=opts["max_pending"], max_total_pending=opts["max_total_pending"],
-            idle_timeout=opts["idle_timeout"], max_active=opts["max_active"],
-            on_escalate=self._on_escalate, batch=opts["batch"], max_workers=opts["max_workers"],
+            loop=loop,
+            clock=clock,
+            factory=self._factory,
+            policy=self._policy,
+            outcomes=outcomes,
+            log=log,
+            trace=debug_enabled(log),
+            max_pending=opts["max_pending"],
+            max_total_pending=opts["max_total_pending"],
+            idle_timeout=opts["idle_timeout"],
+            max_active=opts["max_active"],
+            on_escalate=self._on_escalate,
+            batch=opts["batch"],
+            max_workers=opts["max_workers"],
         )
         if isinstance(clock, LoopClock):
             core.now = loop.time  # one call less on the per-message path
         core.registry = RegistryActor(core)
         core.supervisor = SupervisorActor(core)
-        core.registry._start_actor_loop()  # noqa: SLF001 - what LoopActor.spawn does
-        core.supervisor._start_actor_loop()  # noqa: SLF001
+        core.registry._start_actor_loop()
+        core.supervisor._start_actor_loop()
         core.cells = core.registry.cells
         self._ingress = Ingress(loop, self._from_ingress)
         core.ingress_size = self._ingress.__len__
@@ -191,9 +212,11 @@ class Runtime:
         attach = getattr(clock, "attach", None)
         if attach is not None:
             attach(self.wait_idle)
+        self._done = asyncio.Event()
         self._state = "running"
-        log.info("runtime_started", max_pending=opts["max_pending"],
-                 idle_timeout=opts["idle_timeout"])
+        log.info(
+            "runtime_started", max_pending=opts["max_pending"], idle_timeout=opts["idle_timeout"]
+        )
         return self
 
     async def __aenter__(self) -> Self:
@@ -234,15 +257,17 @@ class Runtime:
         task = core.loop.create_task(self._shutdown(drain, timeout))
         task.add_done_callback(lambda t: _resolve(future, t))
 
-    async def _shutdown(self, drain: bool, timeout: float) -> ShutdownSummary:
+    async def _shutdown(self, drain: bool, timeout: float) -> ShutdownSummary:  # noqa: ASYNC109
         core: _Core = self._core  # type: ignore[assignment]
         ingress: Ingress = self._ingress  # type: ignore[assignment]
         started = time.monotonic()
         try:
-            return await shutdown(core, ingress, self._accept_late, drain=drain,
-                                  timeout=timeout, started=started)
+            return await shutdown(
+                core, ingress, self._accept_late, drain=drain, timeout=timeout, started=started
+            )
         finally:
             self._state = "stopped"
+            self._done.set()  # type: ignore[union-attr]
             detach = getattr(core.clock, "detach", None)
             if detach is not None:
                 detach(self.wait_idle)
@@ -252,8 +277,9 @@ class Runtime:
     def __enter__(self) -> Self:
         """Run the runtime's loop on a background thread (for code that is not async)."""
         ready = threading.Event()
-        self._thread = threading.Thread(target=self._serve, args=(ready,), name="inorder-loop",
-                                        daemon=True)
+        self._thread = threading.Thread(
+            target=self._serve, args=(ready,), name="inorder-loop", daemon=True
+        )
         self._thread.start()
         ready.wait()
         if self._thread_error is not None:
@@ -279,16 +305,11 @@ class Runtime:
                 raise
             finally:
                 ready.set()
-            stopped = asyncio.Event()
-            while self._stop_future is None:
-                await asyncio.sleep(0.05)
-            self._stop_future.add_done_callback(lambda _: stopped.set())
-            await stopped.wait()
+            await self._done.wait()  # type: ignore[union-attr]
 
-        try:
+        # A start failure is re-raised by __enter__ from _thread_error.
+        with contextlib.suppress(BaseException):
             asyncio.run(main())
-        except BaseException:  # noqa: BLE001, S110 - reported to the caller of __enter__
-            pass
 
     # -- messages ---------------------------------------------------------------------------
 
@@ -341,8 +362,9 @@ class Runtime:
             self._submit(key, message, priority, interrupt, clear, future)
         return future
 
-    def _submit(self, key: Any, message: Any, priority: Any, interrupt: bool, clear: bool,
-                reply_to: Any) -> None:
+    def _submit(
+        self, key: Any, message: Any, priority: Any, interrupt: bool, clear: bool, reply_to: Any
+    ) -> None:
         check_key(key)
         check_priority(priority)
         core = self._core
@@ -351,7 +373,9 @@ class Runtime:
             msg = f"the runtime is {self._state}: it accepts no messages"
             raise RuntimeStopped(msg)
         cell = core.cells.get(key)
-        if cell is not None and len(cell.mailbox) >= core.max_pending:  # best effort, see _accept_late
+        if (
+            cell is not None and len(cell.mailbox) >= core.max_pending
+        ):  # best effort, see _accept_late
             raise MailboxFull(key, core.max_pending)
         try:
             ingress.submit(Submission(key, message, priority, interrupt, clear, reply_to))
@@ -442,16 +466,16 @@ class Runtime:
         self.tell(letter.key, letter.message, priority=letter.priority)
         self._on_loop(lambda: self._core.outcomes.forget(letter) if self._core else False)
 
-    def _on_loop(self, fn: Callable[[], Any]) -> Any:
+    def _on_loop(self, fn: Callable[[], _T]) -> _T:
         loop = self._loop
         if loop is None or threading.get_ident() == self._loop_thread or loop.is_closed():
             return fn()
-        future: LoopFuture[Any] = LoopFuture(loop)
+        future: LoopFuture[_T] = LoopFuture(loop)
 
         def run() -> None:
             try:
                 future.set(fn())
-            except Exception as exc:  # noqa: BLE001 - handed to the caller
+            except Exception as exc:
                 future.set_exception(exc)
 
         try:

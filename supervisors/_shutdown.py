@@ -40,10 +40,10 @@ async def shutdown(
     accept_late: Callable[..., None],
     *,
     drain: bool,
-    timeout: float,
+    timeout: float,  # noqa: ASYNC109 - a budget shared by several steps, not one await
     started: float,
 ) -> ShutdownSummary:
-    from supervisors._runtime import ShutdownSummary  # noqa: PLC0415 - import cycle
+    from supervisors._runtime import ShutdownSummary
 
     for item in ingress.take_all():
         accept_late(item, force=True)
@@ -75,12 +75,17 @@ async def shutdown(
         interrupted=out.interrupted,
         dropped=out.dropped,
     )
-    core.log.info("runtime_stopped", drained=drained, dropped=dropped, actors_stopped=stopped,
-                  elapsed_s=round(summary.elapsed_s, 3))
+    core.log.info(
+        "runtime_stopped",
+        drained=drained,
+        dropped=dropped,
+        actors_stopped=stopped,
+        elapsed_s=round(summary.elapsed_s, 3),
+    )
     return summary
 
 
-async def _drain(core: _Core, timeout: float) -> bool:
+async def _drain(core: _Core, timeout: float) -> bool:  # noqa: ASYNC109
     """Let the runtime work until nothing waits; False if `timeout` ran out first."""
 
     async def until_empty() -> None:
@@ -118,11 +123,12 @@ def _drop_everything(core: _Core, ingress: Ingress) -> int:
 
 
 def _drop_submission(core: _Core, item: Submission) -> None:
-    from actors._mailbox import Envelope  # noqa: PLC0415
+    from actors._mailbox import Envelope
 
     core.accepted += 1
-    core.outcomes.on_dropped(item.key, Envelope(item.message, item.reply_to, item.priority,
-                                                core.now()), "shutdown")
+    core.outcomes.on_dropped(
+        item.key, Envelope(item.message, item.reply_to, item.priority, core.now()), "shutdown"
+    )
 
 
 async def _settle_tasks(core: _Core, budget: float) -> None:
@@ -144,8 +150,11 @@ def _abandon(core: _Core) -> None:
         if envelope is not None:
             cell.current = None
             core.outcomes.on_interrupted(cell.key, envelope, "shutdown")
-            core.log.error("handler_abandoned", key=cell.key,
-                           reason="still running when the shutdown timed out")
+            core.log.error(
+                "handler_abandoned",
+                key=cell.key,
+                reason="still running when the shutdown timed out",
+            )
     for task in list(core.tasks):
         task.cancel()
     core.tasks.clear()

@@ -58,7 +58,7 @@ from supervisors._policy import (
 if TYPE_CHECKING:
     from actors._clock import TimerHandle
     from actors._mailbox import Envelope
-    from supervisors._runtime import _Core
+    from supervisors._core import _Core
 
 __all__ = ["Activate", "ChildFailed", "ChildStopped", "SupervisorActor"]
 
@@ -133,10 +133,10 @@ class SupervisorActor(LoopActor):
             actor = self.core.factory(cell.key)
             if not isinstance(actor, UserActor):
                 msg = f"the actor factory returned {actor!r}, not a UserActor instance"
-                raise TypeError(msg)  # noqa: TRY301 - handled as a start failure below
+                raise TypeError(msg)
             if getattr(actor, "key", None) is None:
                 actor.key = cell.key
-        except Exception as exc:  # noqa: BLE001 - a start failure, supervised
+        except Exception as exc:
             cell.state = SUSPENDED
             self._on_failed(ChildFailed(cell, "init", exc, None, cell.incarnation))
             return
@@ -157,8 +157,12 @@ class SupervisorActor(LoopActor):
         directive = decide(decider or self.policy.decider, error)
         core.actor_failures += 1
         core.log.warning(
-            "actor_failed", key=cell.key, phase=phase, error=repr(error),
-            directive=directive.value, incarnation=cell.incarnation,
+            "actor_failed",
+            key=cell.key,
+            phase=phase,
+            error=repr(error),
+            directive=directive.value,
+            incarnation=cell.incarnation,
             attempt=envelope.attempt if envelope is not None else None,
         )
         if directive is Directive.ESCALATE:
@@ -186,8 +190,13 @@ class SupervisorActor(LoopActor):
 
     def _escalate(self, cell: Cell, error: BaseException) -> Directive:
         directive = decide(self.core.on_escalate, error)
-        self.core.log.error("supervisor_escalated", key=cell.key, error=repr(error),
-                            directive=directive.value, exc_info=error)
+        self.core.log.error(
+            "supervisor_escalated",
+            key=cell.key,
+            error=repr(error),
+            directive=directive.value,
+            exc_info=error,
+        )
         return Directive.STOP if directive is Directive.ESCALATE else directive
 
     def _restart(self, cell: Cell, error: BaseException) -> None:
@@ -197,14 +206,24 @@ class SupervisorActor(LoopActor):
         cell.policy_state = plan.state
         if plan.gave_up:
             core.gave_up += 1
-            core.log.error("supervisor_gave_up", key=cell.key, error=repr(error),
-                           restarts=len(plan.state.restarts), within=self.policy.within)
+            core.log.error(
+                "supervisor_gave_up",
+                key=cell.key,
+                error=repr(error),
+                restarts=len(plan.state.restarts),
+                within=self.policy.within,
+            )
             self._drop_waiting(cell, "gave_up")
             self._stop_cell(cell, "gave_up")
             return
         core.restarts += 1
-        core.log.info("actor_restart_scheduled", key=cell.key, delay_s=round(plan.delay, 6),
-                      restarts=len(plan.state.restarts), incarnation=cell.incarnation)
+        core.log.info(
+            "actor_restart_scheduled",
+            key=cell.key,
+            delay_s=round(plan.delay, 6),
+            restarts=len(plan.state.restarts),
+            incarnation=cell.incarnation,
+        )
         due = core.clock.now() + plan.delay
         if cell.actor is None:
             cell.timer = core.clock.call_at(due, self._tell, RestartDue(cell))
@@ -257,13 +276,14 @@ class SupervisorActor(LoopActor):
             if park_for is not None:
                 cell.state = PARKED
                 self._drop_waiting(cell, "parked")
-                cell.timer = core.clock.call_at(core.clock.now() + park_for, self._tell,
-                                                Unpark(cell))
+                cell.timer = core.clock.call_at(
+                    core.clock.now() + park_for, self._tell, Unpark(cell)
+                )
                 return
         if cell.state is not EMPTY:
             return
         if cell.mailbox.empty():
-            core.registry.tell(Release(cell))
+            core.registry.actor_ref.tell(Release(cell))
         else:
             # A message raced the stop: it goes to a new incarnation, in order.
             cell.state = ACTIVATING
@@ -330,8 +350,9 @@ class SupervisorActor(LoopActor):
     def _passivate(self, cell: Cell, why: str) -> None:
         self.core.idle_stops += 1
         if self.core.trace:
-            self.core.log.debug("actor_idle_stopped", key=cell.key, incarnation=cell.incarnation,
-                                cause=why)
+            self.core.log.debug(
+                "actor_idle_stopped", key=cell.key, incarnation=cell.incarnation, cause=why
+            )
         self.begin_stop(cell, "idle")
 
     def cell_stopped(self, cell: Cell, reason: str) -> None:
@@ -344,7 +365,7 @@ class SupervisorActor(LoopActor):
     def _tell(self, message: Any) -> None:
         self.actor_ref.tell(message)
 
-    _handlers: dict[type, Any] = {  # noqa: RUF012
+    _handlers: dict[type, Any] = {
         Activate: _on_activate,
         ChildFailed: _on_failed,
         ChildStopped: _on_stopped,
