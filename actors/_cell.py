@@ -242,10 +242,9 @@ class Cell:
                     self._cut = None
                     raise
                 result = None
-            except Exception:
-                if self._cut == "timeout":
-                    exc = HandlerTimeout(self.key, timeout)  # type: ignore[arg-type]
-                self._fail(envelope, exc)
+            except Exception as error:
+                timed_out = self._cut == "timeout"
+                self._fail(envelope, HandlerTimeout(self.key, timeout) if timed_out else error)  # type: ignore[arg-type]
                 return
             finally:
                 if timer is not None:

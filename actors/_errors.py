@@ -30,7 +30,7 @@ class InorderError(Exception):
     """Base class of every error raised by inorder."""
 
 
-class InvalidKey(InorderError, ValueError):  # noqa: N818 - public contract name style
+class InvalidKey(InorderError, ValueError):
     """Raised at the call site when a user key is empty, `None`, a `bool` or not `str`/`int`."""
 
     def __init__(self, key: Any) -> None:
@@ -41,7 +41,7 @@ class InvalidKey(InorderError, ValueError):  # noqa: N818 - public contract name
         self.key = key
 
 
-class InvalidPriority(InorderError, ValueError):  # noqa: N818
+class InvalidPriority(InorderError, ValueError):
     """Raised at the call site when a priority is not an `int` >= 0."""
 
     def __init__(self, priority: Any) -> None:
@@ -49,7 +49,7 @@ class InvalidPriority(InorderError, ValueError):  # noqa: N818
         self.priority = priority
 
 
-class MailboxFull(InorderError):  # noqa: N818
+class MailboxFull(InorderError):
     """Raised by `tell`/`ask` when the key's mailbox already holds `max_pending` messages.
 
     Nothing was enqueued: the caller still owns the message.
@@ -63,7 +63,7 @@ class MailboxFull(InorderError):  # noqa: N818
         self.scope = scope
 
 
-class Interrupted(InorderError):  # noqa: N818
+class Interrupted(InorderError):
     """Raised by an ask future whose handler was cancelled by an interrupting message.
 
     Also the outcome of a message still in flight when `Runtime.stop` gives up
@@ -76,7 +76,7 @@ class Interrupted(InorderError):  # noqa: N818
         self.reason = reason
 
 
-class Dropped(InorderError):  # noqa: N818
+class Dropped(InorderError):
     """Raised by an ask future whose message was dropped without being handled.
 
     `reason` says why: `"cleared"`, `"shutdown"`, `"stopped"`, `"gave_up"`, ...
@@ -88,11 +88,11 @@ class Dropped(InorderError):  # noqa: N818
         self.reason = reason
 
 
-class RuntimeStopped(InorderError, RuntimeError):  # noqa: N818
+class RuntimeStopped(InorderError, RuntimeError):
     """Raised by calls on a runtime that is not running (not started yet, stopping or stopped)."""
 
 
-class BlockingOnLoop(InorderError, RuntimeError):  # noqa: N818
+class BlockingOnLoop(InorderError, RuntimeError):
     """Raised by `Future.get()` called on the event loop thread.
 
     Blocking there would deadlock: the loop that must produce the value is the
@@ -100,7 +100,7 @@ class BlockingOnLoop(InorderError, RuntimeError):  # noqa: N818
     """
 
 
-class HandlerTimeout(InorderError, TimeoutError):  # noqa: N818
+class HandlerTimeout(InorderError, TimeoutError):
     """The failure of a handler that ran longer than `RestartPolicy.handler_timeout`."""
 
     def __init__(self, key: Any, timeout: float) -> None:

@@ -257,7 +257,7 @@ class Runtime:
         task = core.loop.create_task(self._shutdown(drain, timeout))
         task.add_done_callback(lambda t: _resolve(future, t))
 
-    async def _shutdown(self, drain: bool, timeout: float) -> ShutdownSummary:  # noqa: ASYNC109
+    async def _shutdown(self, drain: bool, timeout: float) -> ShutdownSummary:
         core: _Core = self._core  # type: ignore[assignment]
         ingress: Ingress = self._ingress  # type: ignore[assignment]
         started = time.monotonic()

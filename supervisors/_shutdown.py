@@ -40,7 +40,7 @@ async def shutdown(
     accept_late: Callable[..., None],
     *,
     drain: bool,
-    timeout: float,  # noqa: ASYNC109 - a budget shared by several steps, not one await
+    timeout: float,
     started: float,
 ) -> ShutdownSummary:
     from supervisors._runtime import ShutdownSummary
@@ -85,7 +85,7 @@ async def shutdown(
     return summary
 
 
-async def _drain(core: _Core, timeout: float) -> bool:  # noqa: ASYNC109
+async def _drain(core: _Core, timeout: float) -> bool:
     """Let the runtime work until nothing waits; False if `timeout` ran out first."""
 
     async def until_empty() -> None:

@@ -1,0 +1,52 @@
+"""Shared fixtures: virtual time, loop-error guard, structlog hygiene, hypothesis profile."""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+import os
+from typing import Any
+
+import pytest
+import structlog
+from hypothesis import HealthCheck, settings
+
+from actors.testing import FakeClock
+
+settings.register_profile(
+    "default",
+    deadline=None,  # loop scheduling on a shared 2-core machine makes deadlines flaky
+    max_examples=60,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture],
+)
+settings.register_profile("thorough", parent=settings.get_profile("default"), max_examples=500)
+settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "default"))
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Every async test fails on any error the loop reports (asyncpg's _testbase habit)."""
+    for item in items:
+        function = getattr(item, "obj", None)
+        if function is not None and inspect.iscoroutinefunction(function):
+            item.fixturenames.append("_loop_errors")  # type: ignore[attr-defined]
+
+
+@pytest.fixture
+async def _loop_errors() -> Any:
+    loop = asyncio.get_running_loop()
+    errors: list[dict[str, Any]] = []
+    loop.set_exception_handler(lambda _loop, context: errors.append(context))
+    yield errors
+    loop.set_exception_handler(None)
+    assert errors == [], f"the loop reported errors: {errors}"
+
+
+@pytest.fixture(autouse=True)
+def _reset_structlog() -> Any:
+    yield
+    structlog.reset_defaults()
+
+
+@pytest.fixture(name="clock")
+def _clock() -> FakeClock:
+    return FakeClock()
