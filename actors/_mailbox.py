@@ -126,17 +126,18 @@ class Mailbox:
         return self._order[-1] if self._order else None
 
     def take_below(self, priority: int) -> list[Envelope]:
-        """Remove and return every waiting envelope of a priority lower than `priority`."""
+        """Remove and return the waiting envelopes below `priority`, in delivery order."""
         lanes = self._lanes
         if lanes is None:
             return []
         taken: list[Envelope] = []
         keep: list[int] = []
-        for p in self._order:
+        for p in reversed(self._order):  # delivery order, as take_all
             if p < priority:
                 taken.extend(lanes.pop(p))
             else:
                 keep.append(p)
+        keep.reverse()
         self._order = keep
         self._size -= len(taken)
         if self._size == 0:

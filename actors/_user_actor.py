@@ -38,6 +38,11 @@ HANDLER_SYNC = 0
 HANDLER_ASYNC = 1
 HANDLER_BLOCKING = 2
 
+_START_BY_RUNTIME = (
+    "user actors are started by a Runtime on their key's first message; "
+    "use Runtime(ActorClass).tell(key, message)"
+)
+
 
 class _StoppedFlag:
     """The cheap stand-in for pykka's `actor_stopped` `threading.Event`."""
@@ -132,11 +137,12 @@ class UserActor(pykka.Actor):
         return LoopFuture()
 
     def _start_actor_loop(self) -> None:
-        msg = (
-            "user actors are started by a Runtime on their key's first message; "
-            "use Runtime(ActorClass).tell(key, message)"
-        )
-        raise TypeError(msg)
+        raise TypeError(_START_BY_RUNTIME)
+
+    @classmethod
+    def start(cls, *args: Any, **kwargs: Any) -> Any:
+        """Not for user actors: a `Runtime` starts them on their key's first message."""
+        raise TypeError(_START_BY_RUNTIME)
 
     @property
     def actor_urn(self) -> str:  # type: ignore[override]

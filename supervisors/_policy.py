@@ -163,8 +163,10 @@ class RestartPlan:
 
 def backoff_delay(policy: RestartPolicy, consecutive: int, unit: float) -> float:
     """The delay before restart number `consecutive` (0-based), for a jitter draw in [0, 1)."""
-    base = policy.backoff_min * policy.backoff_factor ** min(consecutive, 1024)
-    base = min(base, policy.backoff_max)
+    try:
+        base = min(policy.backoff_min * policy.backoff_factor**consecutive, policy.backoff_max)
+    except OverflowError:  # factor**n past float range: long since capped
+        base = policy.backoff_max
     jittered = base * (1.0 + policy.jitter * (2.0 * unit - 1.0))
     return max(0.0, min(jittered, policy.backoff_max))
 
