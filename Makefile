@@ -17,7 +17,7 @@ $(STAMP): pyproject.toml | $(BIN)/python
 test: lint typecheck pytest
 
 lint: $(STAMP)
-	$(BIN)/ruff check actors supervisors tests benchmarks
+	$(BIN)/ruff check actors supervisors tests benchmarks examples
 	$(BIN)/ruff format --check actors supervisors
 
 typecheck: $(STAMP)
@@ -27,7 +27,7 @@ pytest: $(STAMP)
 	$(BIN)/python -m pytest -q
 
 demo: $(STAMP)
-	$(BIN)/python -m supervisors.demo
+	$(BIN)/python -m examples.chat_backend
 
 bench: $(STAMP)
 	$(BIN)/python -m benchmarks

@@ -59,7 +59,16 @@ class _StoppedFlag:
         self._set = True
 
 
-class UserActor(pykka.Actor):
+if TYPE_CHECKING:
+    # For type checkers a UserActor is a plain class: pykka.Actor types on_start() and
+    # on_stop() as plain methods without a reason, so every `async def on_start` or
+    # `on_stop(self, reason)` in user code would be flagged as a bad override.
+    _ActorBase = object
+else:
+    _ActorBase = pykka.Actor
+
+
+class UserActor(_ActorBase):
     """Base class of the per-user actors: subclass it and implement `on_message`.
 
     Class attributes tune the runtime's treatment of the subclass:
@@ -118,7 +127,7 @@ class UserActor(pykka.Actor):
         An exception here is a failure, handled by the supervisor's policy.
         """
 
-    def on_stop(self, reason: str) -> Any:  # type: ignore[override]
+    def on_stop(self, reason: str) -> Any:
         """Run once when this incarnation ends. May be async.
 
         `reason` is `"idle"`, `"restart"`, `"stopped"`, `"gave_up"` or
@@ -145,11 +154,11 @@ class UserActor(pykka.Actor):
         raise TypeError(_START_BY_RUNTIME)
 
     @property
-    def actor_urn(self) -> str:  # type: ignore[override]
+    def actor_urn(self) -> str:
         return f"urn:inorder:{type(self).__name__}:{self.key}"
 
     @property
-    def actor_stopped(self) -> _StoppedFlag:  # type: ignore[override]
+    def actor_stopped(self) -> _StoppedFlag:
         flag: _StoppedFlag | None = self.__dict__.get("_actor_stopped")
         if flag is None:
             flag = self.__dict__["_actor_stopped"] = _StoppedFlag()

@@ -1,0 +1,1 @@
+"""Runnable examples for inorder (``python -m examples.chat_backend``)."""
