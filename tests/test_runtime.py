@@ -19,7 +19,7 @@ from actors import (
     RuntimeStopped,
     UserActor,
 )
-from supervisors import Runtime, RestartPolicy
+from supervisors import RestartPolicy, Runtime
 from supervisors._ingress import Ingress, Submission
 
 
