@@ -140,7 +140,7 @@ class Cell:
         """Begin a new incarnation: `on_start`, then drain what waits."""
         self.actor = actor
         self.incarnation += 1
-        self.ctx = Context(self.key, self.host.tell)
+        self.ctx = Context(self, self.host.tell)
         self.host.live += 1
         self._begin(STARTING)
 
@@ -200,6 +200,7 @@ class Cell:
         host = self.host
         mailbox = self.mailbox
         outcomes = host.outcomes
+        record = outcomes.latency.record
         now = host.now
         actor: UserActor = self.actor  # type: ignore[assignment]
         ctx: Context = self.ctx  # type: ignore[assignment]
@@ -214,11 +215,7 @@ class Cell:
                 return
             host.pending -= 1
             started = now()
-            outcomes.wait.add(started - envelope.accepted_at)
             self.current = envelope
-            ctx.priority = envelope.priority
-            ctx.attempt = envelope.attempt
-            ctx.interrupted = False
             timeout = host.handler_timeout
             timer = (
                 None
@@ -249,11 +246,13 @@ class Cell:
             finally:
                 if timer is not None:
                     timer.cancel()
-            outcomes.run.add(now() - started)
+            record(started - envelope.accepted_at, now() - started)
             self.current = None
             cut = self._cut
             if cut is None:
-                outcomes.on_handled(envelope, result)
+                outcomes.handled += 1
+                if envelope.reply_to is not None:
+                    envelope.reply_to.set(result)
                 if host.trace:
                     host.log.debug(
                         "message_handled",
@@ -265,6 +264,7 @@ class Cell:
                     )
             elif cut == "interrupt":
                 self._cut = None
+                ctx.interrupted = False
                 self._uncancel()
                 outcomes.on_interrupted(self.key, envelope, "interrupt")
             else:
@@ -279,6 +279,8 @@ class Cell:
     def _fail(self, envelope: Envelope, error: BaseException) -> None:
         self.current = None
         self._cut = None
+        if self.ctx is not None:
+            self.ctx.interrupted = False
         self.state = SUSPENDED
         self.host.cell_failed(self, "on_message", error, envelope)
 

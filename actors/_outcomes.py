@@ -24,7 +24,7 @@ if TYPE_CHECKING:
 
     from actors._mailbox import Envelope
 
-__all__ = ["DeadLetter", "LatencyRing", "Outcomes"]
+__all__ = ["DeadLetter", "Latencies", "Outcomes"]
 
 
 @final
@@ -47,40 +47,53 @@ class DeadLetter:
 
 
 @final
-class LatencyRing:
-    """The latest `size` samples of a latency, in milliseconds, for percentiles."""
+class Latencies:
+    """The latest 8,192 (wait, run) samples of handled messages, for percentiles.
 
-    __slots__ = ("_count", "_samples", "_size")
+    One call and two list stores per message: the ring is preallocated and
+    indexed with a mask, so recording never allocates.
+    """
 
-    def __init__(self, size: int = 8192) -> None:
-        self._samples: list[float] = []
-        self._size = size
+    __slots__ = ("_count", "_run", "_wait")
+
+    SIZE = 8192  # a power of two: the index is a mask, not a modulo
+
+    def __init__(self) -> None:
+        self._wait = [0.0] * self.SIZE
+        self._run = [0.0] * self.SIZE
         self._count = 0
 
-    def add(self, seconds: float) -> None:
-        """Record one sample (in seconds)."""
-        if len(self._samples) < self._size:
-            self._samples.append(seconds)
-        else:
-            self._samples[self._count % self._size] = seconds
-        self._count += 1
+    def record(self, wait: float, run: float) -> None:
+        """Record one message's wait and run time, in seconds."""
+        i = self._count
+        self._wait[i & 8191] = wait
+        self._run[i & 8191] = run
+        self._count = i + 1
 
-    def summary(self) -> dict[str, float]:
-        """Return count and p50/p90/p99/max in milliseconds over the retained samples."""
-        data = sorted(self._samples)
-        if not data:
-            return {"count": 0, "p50": 0.0, "p90": 0.0, "p99": 0.0, "max": 0.0}
+    def summary(self) -> tuple[dict[str, float], dict[str, float]]:
+        """Return the (wait, run) summaries: count and p50/p90/p99/max in milliseconds."""
+        kept = min(self._count, self.SIZE)
+        return (
+            _summary(self._wait[:kept], self._count),
+            _summary(self._run[:kept], self._count),
+        )
 
-        def pct(q: float) -> float:
-            return data[min(len(data) - 1, math.ceil(q * len(data)) - 1)] * 1000.0
 
-        return {
-            "count": self._count,
-            "p50": pct(0.50),
-            "p90": pct(0.90),
-            "p99": pct(0.99),
-            "max": data[-1] * 1000.0,
-        }
+def _summary(samples: list[float], count: int) -> dict[str, float]:
+    data = sorted(samples)
+    if not data:
+        return {"count": 0, "p50": 0.0, "p90": 0.0, "p99": 0.0, "max": 0.0}
+
+    def pct(q: float) -> float:
+        return data[min(len(data) - 1, math.ceil(q * len(data)) - 1)] * 1000.0
+
+    return {
+        "count": count,
+        "p50": pct(0.50),
+        "p90": pct(0.90),
+        "p99": pct(0.99),
+        "max": data[-1] * 1000.0,
+    }
 
 
 class Outcomes:
@@ -94,9 +107,8 @@ class Outcomes:
         "failed",
         "handled",
         "interrupted",
+        "latency",
         "log",
-        "run",
-        "wait",
     )
 
     def __init__(
@@ -112,8 +124,7 @@ class Outcomes:
         self.interrupted = 0
         self.dropped = 0
         self.dead_letter_count = 0
-        self.wait = LatencyRing()
-        self.run = LatencyRing()
+        self.latency = Latencies()
         self._dead: deque[DeadLetter] = deque(maxlen=dead_letter_limit)
         self._on_dead_letter = on_dead_letter
 

@@ -19,7 +19,7 @@ What happens when, for one incarnation:
 from __future__ import annotations
 
 import inspect
-from typing import TYPE_CHECKING, Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar, Protocol
 
 import pykka
 import structlog
@@ -168,6 +168,10 @@ class UserActor(_ActorBase):
         return f"{type(self).__name__} ({self.key!r})"
 
 
+class _Holder(Protocol):
+    current: Any
+
+
 class Context:
     """What a handler receives besides the message.
 
@@ -176,21 +180,29 @@ class Context:
     handled, so read them during the call, not later.
     """
 
-    __slots__ = ("_log", "_tell", "attempt", "interrupted", "key", "priority")
+    __slots__ = ("_cell", "_log", "_tell", "interrupted", "key")
 
-    def __init__(self, key: str | int, tell: Callable[..., None]) -> None:
-        self.key = key
+    def __init__(self, cell: _Holder, tell: Callable[..., None]) -> None:
+        self._cell = cell
+        self.key: str | int = cell.key  # type: ignore[attr-defined]
         """The user key."""
-        self.priority = 0
-        """The priority of the message being handled."""
-        self.attempt = 1
-        """1 on the first run of this message, 2 on its first retry, ..."""
         self.interrupted = False
-        """True once an interrupting message (or a timeout) asks this handler to stop.
-
-        Async handlers are cancelled anyway; blocking ones should check it."""
+        """True once an interrupting message (or a timeout, or a shutdown) asks the
+        handler to stop. Async handlers are cancelled anyway; blocking ones should check it."""
         self._tell = tell
         self._log: Any = None
+
+    @property
+    def priority(self) -> int:
+        """The priority of the message being handled."""
+        current = self._cell.current
+        return current.priority if current is not None else 0
+
+    @property
+    def attempt(self) -> int:
+        """1 on the first run of this message, 2 on its first retry, ..."""
+        current = self._cell.current
+        return current.attempt if current is not None else 1
 
     @property
     def log(self) -> Any:

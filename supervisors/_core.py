@@ -121,12 +121,14 @@ class _Core:
         if cell is None:
             if key == "":
                 raise InvalidKey(key)
-            self._check_total(key)
+            if self.max_total_pending is not None:
+                self._check_total(key)
             cell = self.registry.open(key)
         else:
-            if len(cell.mailbox) >= self.max_pending:
+            if cell.mailbox._size >= self.max_pending:
                 raise MailboxFull(key, self.max_pending)
-            self._check_total(key)
+            if self.max_total_pending is not None:
+                self._check_total(key)
         envelope = Envelope(message, reply_to, priority, self.now())
         self.accepted += 1
         if cell.state is PARKED:
