@@ -168,20 +168,9 @@ class Cell:
 
     def _begin(self, state: str) -> None:
         self.state = state
-        task = self.host.loop.create_task(self._burst(state is STARTING))
+        task = self.host.loop.create_task(self._drain(state is STARTING))
         self.task = task
         self.host.task_started(task)
-
-    async def _burst(self, starting: bool) -> None:
-        task = self.task
-        try:
-            if starting and not await self._start_hook():
-                return
-            await self._drain()
-        finally:
-            if self.task is task:
-                self.task = None
-            self.host.task_finished(task)  # type: ignore[arg-type]
 
     async def _start_hook(self) -> bool:
         actor: UserActor = self.actor  # type: ignore[assignment]
@@ -196,85 +185,98 @@ class Cell:
         self.state = RUNNING
         return True
 
-    async def _drain(self) -> None:
-        host = self.host
-        mailbox = self.mailbox
-        outcomes = host.outcomes
-        record = outcomes.latency.record
-        now = host.now
-        actor: UserActor = self.actor  # type: ignore[assignment]
-        ctx: Context = self.ctx  # type: ignore[assignment]
-        handler = actor.on_message
-        mode = actor._handler_mode
-        budget = host.batch
-        while self.state is RUNNING:
-            envelope = mailbox.pop()
-            if envelope is None:
-                self.state = IDLE
-                host.cell_idle(self)
+    async def _drain(self, starting: bool) -> None:
+        """The burst: `on_start` if this is a new incarnation, then drain until empty."""
+        task = self.task
+        try:
+            if starting and not await self._start_hook():
                 return
-            host.pending -= 1
-            started = now()
-            self.current = envelope
-            timeout = host.handler_timeout
-            timer = (
-                None
-                if timeout is None
-                else host.clock.call_at(started + timeout, self._cut_short, "timeout")
-            )
-            try:
-                if mode == HANDLER_ASYNC:
-                    result = await handler(envelope.message, ctx)
-                elif mode == HANDLER_SYNC:
-                    result = handler(envelope.message, ctx)
-                else:
-                    result = await self._in_thread(handler, envelope.message, ctx)
-            except asyncio.CancelledError:
-                if self._cut is None or self._uncancel() > 0:
-                    # Cancelled from outside (shutdown): the message ends interrupted,
-                    # unless the shutdown already gave up on it and resolved it.
-                    if self.current is envelope:
-                        self.current = None
-                        outcomes.on_interrupted(self.key, envelope, "shutdown")
+            host = self.host
+            mailbox = self.mailbox
+            outcomes = host.outcomes
+            record = outcomes.latency.record
+            now = host.now
+            actor: UserActor = self.actor  # type: ignore[assignment]
+            ctx: Context = self.ctx  # type: ignore[assignment]
+            handler = actor.on_message
+            mode = actor._handler_mode
+            budget = host.batch
+            while self.state is RUNNING:
+                envelope = mailbox.pop()
+                if envelope is None:
+                    self.state = IDLE
+                    host.cell_idle(self)
+                    return
+                host.pending -= 1
+                started = now()
+                self.current = envelope
+                timeout = host.handler_timeout
+                timer = (
+                    None
+                    if timeout is None
+                    else host.clock.call_at(started + timeout, self._cut_short, "timeout")
+                )
+                try:
+                    if mode == HANDLER_ASYNC:
+                        result = await handler(envelope.message, ctx)
+                    elif mode == HANDLER_SYNC:
+                        result = handler(envelope.message, ctx)
+                    else:
+                        result = await self._in_thread(handler, envelope.message, ctx)
+                except asyncio.CancelledError:
+                    if self._cut is None or self._uncancel() > 0:
+                        # Cancelled from outside (shutdown): the message ends interrupted,
+                        # unless the shutdown already gave up on it and resolved it.
+                        if self.current is envelope:
+                            self.current = None
+                            outcomes.on_interrupted(self.key, envelope, "shutdown")
+                        self._cut = None
+                        raise
+                    result = None
+                except Exception as error:
+                    timed_out = self._cut == "timeout"
+                    self._fail(envelope, HandlerTimeout(self.key, timeout) if timed_out else error)  # type: ignore[arg-type]
+                    return
+                finally:
+                    if timer is not None:
+                        timer.cancel()
+                ran = now() - started
+                record(started - envelope.accepted_at, ran)
+                self.current = None
+                cut = self._cut
+                if cut is None and timeout is not None and ran > timeout:
+                    # A plain handler on the loop blocks the timer itself: judge it on return.
+                    cut = self._cut = "timeout"
+                if cut is None:
+                    outcomes.handled += 1
+                    if envelope.reply_to is not None:
+                        envelope.reply_to.set(result)
+                    if host.trace:
+                        host.log.debug(
+                            "message_handled",
+                            key=self.key,
+                            priority=envelope.priority,
+                            wait_ms=round((started - envelope.accepted_at) * 1000, 3),
+                            run_ms=round(ran * 1000, 3),
+                            depth=len(mailbox),
+                        )
+                elif cut == "interrupt":
                     self._cut = None
-                    raise
-                result = None
-            except Exception as error:
-                timed_out = self._cut == "timeout"
-                self._fail(envelope, HandlerTimeout(self.key, timeout) if timed_out else error)  # type: ignore[arg-type]
-                return
-            finally:
-                if timer is not None:
-                    timer.cancel()
-            record(started - envelope.accepted_at, now() - started)
-            self.current = None
-            cut = self._cut
-            if cut is None:
-                outcomes.handled += 1
-                if envelope.reply_to is not None:
-                    envelope.reply_to.set(result)
-                if host.trace:
-                    host.log.debug(
-                        "message_handled",
-                        key=self.key,
-                        priority=envelope.priority,
-                        wait_ms=round((started - envelope.accepted_at) * 1000, 3),
-                        run_ms=round((host.now() - started) * 1000, 3),
-                        depth=len(mailbox),
-                    )
-            elif cut == "interrupt":
-                self._cut = None
-                ctx.interrupted = False
-                self._uncancel()
-                outcomes.on_interrupted(self.key, envelope, "interrupt")
-            else:
-                self._uncancel()
-                self._fail(envelope, HandlerTimeout(self.key, timeout))  # type: ignore[arg-type]
-                return
-            budget -= 1
-            if budget == 0:
-                budget = host.batch
-                await asyncio.sleep(0)
+                    ctx.interrupted = False
+                    self._uncancel()
+                    outcomes.on_interrupted(self.key, envelope, "interrupt")
+                else:
+                    self._uncancel()
+                    self._fail(envelope, HandlerTimeout(self.key, timeout))  # type: ignore[arg-type]
+                    return
+                budget -= 1
+                if budget == 0:
+                    budget = host.batch
+                    await asyncio.sleep(0)
+        finally:
+            if self.task is task:
+                self.task = None
+            self.host.task_finished(task)  # type: ignore[arg-type]
 
     def _fail(self, envelope: Envelope, error: BaseException) -> None:
         self.current = None
