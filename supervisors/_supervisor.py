@@ -266,7 +266,6 @@ class SupervisorActor(LoopActor):
             return
         core = self.core
         if reason == "restart":
-            cell.state = SUSPENDED
             due = max(cell.restart_at, core.clock.now())
             cell.timer = core.clock.call_at(due, self._tell, RestartDue(cell))
             return
@@ -358,7 +357,11 @@ class SupervisorActor(LoopActor):
     def cell_stopped(self, cell: Cell, reason: str) -> None:
         """The cell's `on_stop` finished (direct call, loop thread)."""
         self.stopping -= 1
-        if cell.state is STOPPING:
+        if reason == "restart" and not self.closing:
+            # Not EMPTY even for a moment: a message arriving now must wait for the
+            # backoff, not trigger an activation of its own.
+            cell.state = SUSPENDED
+        elif cell.state is STOPPING:
             cell.state = EMPTY
         self._tell(ChildStopped(cell, reason))
 
