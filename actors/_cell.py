@@ -153,11 +153,23 @@ class Cell:
             self._begin(RUNNING)
 
     def stop(self, reason: str) -> None:
-        """End the incarnation: `on_stop(reason)` runs in a task, then the host is told."""
+        """End the incarnation: `on_stop(reason)` runs, then the host is told.
+
+        A plain `on_stop` (the default) runs right here; only an async one gets a task.
+        """
         self.state = STOPPING
-        task = self.host.loop.create_task(self._stop(reason))
-        self.task = task
-        self.host.task_started(task)
+        actor = self.actor
+        if actor is not None and actor._async_stop:
+            task = self.host.loop.create_task(self._stop_async(actor, reason))
+            self.task = task
+            self.host.task_started(task)
+            return
+        if actor is not None:
+            try:
+                actor.on_stop(reason)
+            except Exception as exc:  # reported, and the stop goes on
+                self.host.cell_failed(self, "on_stop", exc, None)
+        self._stopped(actor, reason)
 
     def cancel(self) -> None:
         """Cancel the task in flight (shutdown). The message in flight ends interrupted."""
@@ -326,26 +338,26 @@ class Cell:
 
     # -- ending an incarnation ------------------------------------------------------
 
-    async def _stop(self, reason: str) -> None:
+    async def _stop_async(self, actor: UserActor, reason: str) -> None:
         task = self.task
-        actor = self.actor
         try:
-            if actor is not None:
-                try:
-                    result = actor.on_stop(reason)
-                    if actor._async_stop:
-                        await result
-                except Exception as exc:
-                    self.host.cell_failed(self, "on_stop", exc, None)
+            await actor.on_stop(reason)
+        except Exception as exc:  # reported, and the stop goes on
+            self.host.cell_failed(self, "on_stop", exc, None)
         finally:
-            if actor is not None:
-                actor.actor_stopped.set()
-                self.host.live -= 1
-            self.actor = None
-            self.ctx = None
-            if self.state is STOPPING:
-                self.state = EMPTY
             if self.task is task:
                 self.task = None
             self.host.task_finished(task)  # type: ignore[arg-type]
-            self.host.cell_stopped(self, reason)
+            self._stopped(actor, reason)
+
+    def _stopped(self, actor: UserActor | None, reason: str) -> None:
+        if actor is not None:
+            flag = actor.__dict__.get("_actor_stopped")
+            if flag is not None:
+                flag.set()
+            self.host.live -= 1
+        self.actor = None
+        self.ctx = None
+        if self.state is STOPPING:
+            self.state = EMPTY
+        self.host.cell_stopped(self, reason)

@@ -27,6 +27,7 @@ from typing import TYPE_CHECKING, Any, Self
 import pykka
 import structlog
 from pykka import messages
+from pykka._envelope import Envelope as _Envelope
 
 from actors._future import LoopFuture
 
@@ -75,6 +76,12 @@ class LoopInbox:
         else:
             loop.call_soon_threadsafe(self.put, envelope)
 
+    def put_local(self, envelope: Envelope[Any]) -> None:
+        """`put` for callers known to be on the loop thread (the runtime itself)."""
+        self._queue.append(envelope)
+        if not self._scheduled:
+            self._schedule()
+
     def _schedule(self) -> None:
         self._scheduled = True
         self._loop.call_soon(self._consumer)  # type: ignore[union-attr]
@@ -122,6 +129,10 @@ class LoopActor(pykka.Actor):
         obj = cls(*args, **kwargs)
         obj._start_actor_loop()
         return obj.actor_ref
+
+    def post(self, message: Any) -> None:
+        """Tell this actor `message` from the loop thread: `actor_ref.tell` minus its checks."""
+        self.actor_inbox.put_local(_Envelope(message))  # type: ignore[attr-defined]
 
     def _start_actor_loop(self) -> None:
         inbox: LoopInbox = self.actor_inbox  # type: ignore[assignment]

@@ -11,7 +11,6 @@ virtual times::
         await clock.advance(29.999)
         assert rt.stats()["live_actors"] == 1
         await clock.advance(0.001)
-        await rt.wait_idle()
         assert rt.stats()["live_actors"] == 0
 """
 
@@ -23,9 +22,9 @@ import itertools
 from typing import TYPE_CHECKING, Any, final
 
 if TYPE_CHECKING:
-    from collections.abc import Awaitable, Callable
+    from collections.abc import Callable
 
-__all__ = ["FakeClock"]
+__all__ = ["FakeClock", "wait_all_tasks_blocked"]
 
 
 @final
@@ -53,20 +52,6 @@ class FakeClock:
         self._now = start
         self._seq = itertools.count()  # equal deadlines fire in the order they were set
         self._timers: list[tuple[float, int, _FakeTimer]] = []
-        self._quiescers: list[Callable[[], Awaitable[None]]] = []
-
-    def attach(self, quiesce: Callable[[], Awaitable[None]]) -> None:
-        """Register a coroutine function that returns once its runtime is quiet.
-
-        A `Runtime` given this clock attaches its `wait_idle`, so `advance()`
-        lets everything a timer started finish before the next timer fires.
-        """
-        self._quiescers.append(quiesce)
-
-    def detach(self, quiesce: Callable[[], Awaitable[None]]) -> None:
-        """Undo `attach` (a runtime does it when it stops)."""
-        if quiesce in self._quiescers:
-            self._quiescers.remove(quiesce)
 
     def now(self) -> float:
         """The current virtual time."""
@@ -85,8 +70,9 @@ class FakeClock:
     async def advance(self, seconds: float) -> None:
         """Move time forward by `seconds`, firing due timers in deadline order.
 
-        The loop runs until nothing is ready after each timer, so what a timer
-        starts (a restart, an idle stop) happens at that timer's virtual time.
+        After each timer the loop runs until every task is blocked, so what a
+        timer starts (a restart, an idle stop) happens at that timer's virtual time,
+        while a handler hanging on something that never comes does not stall time.
         """
         if seconds < 0:
             msg = "time can't go backwards"
@@ -103,6 +89,24 @@ class FakeClock:
         await self._settle()
 
     async def _settle(self) -> None:
+        await wait_all_tasks_blocked()
+
+
+async def wait_all_tasks_blocked() -> None:
+    """Return once no callback or task of the running loop is ready to run.
+
+    The asyncio analogue of trio's `wait_all_tasks_blocked`: everything else is
+    waiting on a future, a timer or I/O. Handlers awaiting an event that never
+    comes count as blocked, so virtual time can pass them (a handler timeout).
+    """
+    loop = asyncio.get_running_loop()
+    ready = getattr(loop, "_ready", None)  # CPython's ready queue; private but long-stable
+    quiet_rounds = 0
+    for _ in range(100_000):
         await asyncio.sleep(0)
-        for quiesce in list(self._quiescers):
-            await quiesce()
+        if ready is None or len(ready) == 0:
+            quiet_rounds += 1
+        else:
+            quiet_rounds = 0
+        if quiet_rounds >= 3:
+            return

@@ -91,6 +91,7 @@ class _Core:
         self.gave_up = 0
         self.actor_failures = 0
         self.tasks: set[asyncio.Task[None]] = set()
+        self._activation_batch: list[Cell] | None = None
         self._idle_waiters: list[asyncio.Future[None]] = []
         # Set by the runtime right after construction (they need the core first).
         self.registry: RegistryActor = None  # type: ignore[assignment]
@@ -185,7 +186,16 @@ class _Core:
             self.notify()
 
     def request_activation(self, cell: Cell) -> None:
-        self.supervisor.actor_ref.tell(Activate(cell))
+        # One Activate message per loop turn carries every key activated in that turn.
+        batch = self._activation_batch
+        if batch is None:
+            batch = self._activation_batch = []
+            self.supervisor.post(Activate(batch))
+        batch.append(cell)
+
+    def activation_batch_taken(self, batch: list[Cell]) -> None:
+        if self._activation_batch is batch:
+            self._activation_batch = None
 
     def cell_idle(self, cell: Cell) -> None:
         self.supervisor.cell_idle(cell)
@@ -193,7 +203,7 @@ class _Core:
     def cell_failed(
         self, cell: Cell, phase: str, error: BaseException, envelope: Envelope | None
     ) -> None:
-        self.supervisor.actor_ref.tell(ChildFailed(cell, phase, error, envelope, cell.incarnation))
+        self.supervisor.post(ChildFailed(cell, phase, error, envelope, cell.incarnation))
 
     def cell_stopped(self, cell: Cell, reason: str) -> None:
         self.supervisor.cell_stopped(cell, reason)

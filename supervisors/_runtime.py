@@ -209,9 +209,6 @@ class Runtime:
         self._core = core
         self._loop = loop
         self._loop_thread = threading.get_ident()
-        attach = getattr(clock, "attach", None)
-        if attach is not None:
-            attach(self.wait_idle)
         self._done = asyncio.Event()
         self._state = "running"
         log.info(
@@ -268,9 +265,6 @@ class Runtime:
         finally:
             self._state = "stopped"
             self._done.set()  # type: ignore[union-attr]
-            detach = getattr(core.clock, "detach", None)
-            if detach is not None:
-                detach(self.wait_idle)
 
     # -- background-thread mode ---------------------------------------------------------
 

@@ -64,7 +64,9 @@ __all__ = ["Activate", "ChildFailed", "ChildStopped", "SupervisorActor"]
 
 
 class Activate(NamedTuple):
-    cell: Cell
+    """Start incarnations for these cells (batched: one message per loop turn)."""
+
+    cells: list[Cell]
 
 
 class ChildFailed(NamedTuple):
@@ -107,10 +109,11 @@ class SupervisorActor(LoopActor):
         self.stopping = 0  # incarnations whose on_stop is running
         self.closing = False  # set by the runtime's shutdown: no new incarnations
 
-    def on_receive(self, message: Any) -> Any:
+    def _handle_receive(self, message: Any) -> Any:
+        # Our own messages first, by type; pykka's (stop, proxy calls) after.
         handler = self._handlers.get(type(message))
         if handler is None:
-            return super().on_receive(message)
+            return super()._handle_receive(message)
         handler(self, message)
         return None
 
@@ -121,7 +124,9 @@ class SupervisorActor(LoopActor):
     # -- activation ---------------------------------------------------------------
 
     def _on_activate(self, message: Activate) -> None:
-        self._activate(message.cell, restarting=False)
+        self.core.activation_batch_taken(message.cells)
+        for cell in message.cells:
+            self._activate(cell, restarting=False)
 
     def _activate(self, cell: Cell, *, restarting: bool) -> None:
         if cell.state is not ACTIVATING:
@@ -282,7 +287,7 @@ class SupervisorActor(LoopActor):
         if cell.state is not EMPTY:
             return
         if cell.mailbox.empty():
-            core.registry.actor_ref.tell(Release(cell))
+            core.registry.post(Release(cell))
         else:
             # A message raced the stop: it goes to a new incarnation, in order.
             cell.state = ACTIVATING
@@ -366,7 +371,7 @@ class SupervisorActor(LoopActor):
         self._tell(ChildStopped(cell, reason))
 
     def _tell(self, message: Any) -> None:
-        self.actor_ref.tell(message)
+        self.post(message)
 
     _handlers: dict[type, Any] = {
         Activate: _on_activate,
