@@ -56,18 +56,21 @@ class Mailbox:
     mailbox costs the caller nothing but the exception.
     """
 
-    __slots__ = ("_lanes", "_order", "_size")
+    __slots__ = ("_lane0", "_lanes", "_order", "_size")
 
     def __init__(self) -> None:
+        # Priority 0 (nearly all traffic) has its own lane; higher lanes live in a dict.
+        # Each structure exists only while it holds something.
+        self._lane0: deque[Envelope] | None = None
         self._lanes: dict[int, deque[Envelope]] | None = None
-        self._order: list[int] = []  # priorities of non-empty lanes, ascending
+        self._order: list[int] | None = None  # priorities > 0 with a non-empty lane, ascending
         self._size = 0
 
     def __len__(self) -> int:
         return self._size
 
     def __repr__(self) -> str:
-        return f"<Mailbox {self._size} waiting, lanes={self._order}>"
+        return f"<Mailbox {self._size} waiting>"
 
     def empty(self) -> bool:
         """Return whether nothing waits (pykka's `ActorInbox.empty`)."""
@@ -80,37 +83,51 @@ class Mailbox:
         """
         if type(envelope) is not Envelope:
             envelope = Envelope(envelope.message, envelope.reply_to, 0, 0.0)
+        self._lane(envelope.priority).append(envelope)
+        self._size += 1
+
+    def _lane(self, priority: int) -> deque[Envelope]:
+        if priority == 0:
+            lane = self._lane0
+            if lane is None:
+                lane = self._lane0 = deque()
+            return lane
         lanes = self._lanes
         if lanes is None:
             lanes = self._lanes = {}
-        priority = envelope.priority
+            self._order = []
         lane = lanes.get(priority)
         if lane is None:
             lane = lanes[priority] = deque()
-            insort(self._order, priority)
-        lane.append(envelope)
-        self._size += 1
+            insort(self._order, priority)  # type: ignore[arg-type]
+        return lane
 
     def put_front(self, envelope: Envelope) -> None:
         """Put an envelope back at the head of its lane (a retried message keeps its place)."""
-        self.put(envelope)
-        lane = self._lanes[envelope.priority]  # type: ignore[index]
-        lane.rotate(1)
+        self._lane(envelope.priority).appendleft(envelope)
+        self._size += 1
 
     def pop(self) -> Envelope | None:
         """Remove and return the next envelope, or `None` if nothing waits."""
         if self._size == 0:
             return None
-        priority = self._order[-1]
-        lanes: dict[int, deque[Envelope]] = self._lanes  # type: ignore[assignment]
+        self._size -= 1
+        lanes = self._lanes
+        if lanes is None:  # only priority 0 waits
+            lane: deque[Envelope] = self._lane0  # type: ignore[assignment]
+            envelope = lane.popleft()
+            if not lane:
+                self._lane0 = None
+            return envelope
+        order: list[int] = self._order  # type: ignore[assignment]
+        priority = order[-1]
         lane = lanes[priority]
         envelope = lane.popleft()
-        self._size -= 1
         if not lane:
             del lanes[priority]
-            self._order.pop()
-            if self._size == 0:
-                self._lanes = None
+            order.pop()
+            if not order:
+                self._lanes = self._order = None
         return envelope
 
     def get(self) -> Envelope:
@@ -123,35 +140,37 @@ class Mailbox:
 
     def top_priority(self) -> int | None:
         """The priority of the message that would come out next, if any."""
-        return self._order[-1] if self._order else None
+        if self._order:
+            return self._order[-1]
+        return 0 if self._lane0 else None
 
     def take_below(self, priority: int) -> list[Envelope]:
         """Remove and return the waiting envelopes below `priority`, in delivery order."""
-        lanes = self._lanes
-        if lanes is None:
-            return []
         taken: list[Envelope] = []
-        keep: list[int] = []
-        for p in reversed(self._order):  # delivery order, as take_all
-            if p < priority:
+        if priority <= 0:
+            return taken
+        lanes = self._lanes
+        if lanes is not None:
+            order: list[int] = self._order  # type: ignore[assignment]
+            for p in [p for p in reversed(order) if p < priority]:
                 taken.extend(lanes.pop(p))
-            else:
-                keep.append(p)
-        keep.reverse()
-        self._order = keep
+                order.remove(p)
+            if not order:
+                self._lanes = self._order = None
+        if self._lane0 is not None:
+            taken.extend(self._lane0)
+            self._lane0 = None
         self._size -= len(taken)
-        if self._size == 0:
-            self._lanes = None
         return taken
 
     def take_all(self) -> list[Envelope]:
         """Remove and return everything, in delivery order (highest priority first)."""
-        lanes = self._lanes
         taken: list[Envelope] = []
-        if lanes is not None:
-            for p in reversed(self._order):
-                taken.extend(lanes[p])
-        self._lanes = None
-        self._order = []
+        if self._lanes is not None:
+            for p in reversed(self._order):  # type: ignore[arg-type]
+                taken.extend(self._lanes[p])
+        if self._lane0 is not None:
+            taken.extend(self._lane0)
+        self._lane0 = self._lanes = self._order = None
         self._size = 0
         return taken
