@@ -51,6 +51,7 @@ async def test_readme_restart_timeline(clock: FakeClock) -> None:
         (0.1, "on_stop(restart)"),
         (0.3, "on_start"),
         (0.3, "m4 handled"),
+        (0.3, "on_stop(shutdown)"),
     ]
     delays = [e["delay_s"] for e in logs if e["event"] == "actor_restart_scheduled"]
     assert delays == [0.1, 0.2]
