@@ -45,22 +45,23 @@ class LoopFuture(pykka.Future[T], Generic[T]):
     loop thread; every actor of the runtime runs there, so it always does.
     """
 
-    __slots__ = ("_callbacks", "_event", "_loop", "_state", "_value", "_waiter")
+    __slots__ = ("_loop", "_state", "_value")
 
     # pykka's combinators (map, filter, join, reduce) create `self.__class__()`
     # and give it a get hook; class-level defaults keep that working without
     # paying for two attribute writes on every ask.
     _get_hook = None
     _get_hook_result: Any = _Unset()
+    # Rarely needed: set on the instance only when someone waits (three stores less per ask).
+    _waiter: asyncio.Future[None] | None = None
+    _event: threading.Event | None = None
+    _callbacks: list[Callable[[LoopFuture[Any]], None]] | None = None
 
     def __init__(self, loop: asyncio.AbstractEventLoop | None = None) -> None:
         # pykka.Future.__init__ is deliberately not called: see _get_hook above.
         self._loop = loop
         self._state = _PENDING
         self._value: Any = None
-        self._waiter: asyncio.Future[None] | None = None
-        self._event: threading.Event | None = None
-        self._callbacks: list[Callable[[LoopFuture[T]], None]] | None = None
 
     def __repr__(self) -> str:
         state = ("pending", "result", "exception")[self._state]
@@ -93,7 +94,7 @@ class LoopFuture(pykka.Future[T], Generic[T]):
         self._state = _EXCEPTION
         self._wake()
 
-    def add_done_callback(self, callback: Callable[[LoopFuture[T]], None]) -> None:
+    def add_done_callback(self, callback: Callable[[LoopFuture[Any]], None]) -> None:
         """Call `callback(self)` on the loop thread once the future is resolved."""
         if self._state != _PENDING:
             callback(self)
