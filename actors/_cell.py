@@ -73,6 +73,7 @@ class Host(Protocol):
         self, cell: Cell, phase: str, error: BaseException, envelope: Envelope | None
     ) -> None: ...
     def cell_stopped(self, cell: Cell, reason: str) -> None: ...
+    def notify(self) -> None: ...
 
 
 class Cell:
@@ -90,6 +91,7 @@ class Cell:
         "mailbox",
         "policy_state",
         "restart_at",
+        "restart_cancelled",
         "state",
         "task",
         "timer",
@@ -108,6 +110,7 @@ class Cell:
         self.idle_since = 0.0
         self.policy_state: Any = None  # the supervisor's restart bookkeeping
         self.restart_at = 0.0  # when a restart in backoff is due
+        self.restart_cancelled = False  # a failing on_stop("restart") escalated to STOP
         self.timer: TimerHandle | None = None  # backoff or cool-down, owned by the supervisor
         self._cut: str | None = None  # why the handler in flight is being cut short
 

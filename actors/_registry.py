@@ -54,6 +54,10 @@ class RegistryActor(LoopActor):
         """The node that owns `key`, or `None` when it is this one."""
         return None
 
+    def _process_inbox(self) -> None:
+        super()._process_inbox()
+        self.host.notify()  # a release may be the last step before quiescence
+
     def on_receive(self, message: Any) -> Any:
         if isinstance(message, Release):
             return self._release(message.cell)

@@ -154,7 +154,8 @@ class _Core:
             self.outcomes.on_dropped(cell.key, envelope, "cleared", envelope.attempt - 1)
 
     def tell(self, key: Any, message: Any, **options: Any) -> None:
-        """`Context.tell`: a handler telling a user (loop thread)."""
+        """`Context.tell`: a handler telling a user (the runtime replaces it with its
+        thread-safe `Runtime.tell`, since blocking handlers run on pool threads)."""
         self.accept(
             key,
             message,
@@ -203,7 +204,8 @@ class _Core:
     def cell_failed(
         self, cell: Cell, phase: str, error: BaseException, envelope: Envelope | None
     ) -> None:
-        self.supervisor.post(ChildFailed(cell, phase, error, envelope, cell.incarnation))
+        actor_type = type(cell.actor) if cell.actor is not None else None
+        self.supervisor.post(ChildFailed(cell, phase, error, envelope, actor_type))
 
     def cell_stopped(self, cell: Cell, reason: str) -> None:
         self.supervisor.cell_stopped(cell, reason)

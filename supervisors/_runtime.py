@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import heapq
 import threading
 import time
 from dataclasses import dataclass
@@ -204,6 +205,7 @@ class Runtime:
         core.registry._start_actor_loop()
         core.supervisor._start_actor_loop()
         core.cells = core.registry.cells
+        core.tell = self.tell  # type: ignore[method-assign] # handlers may run on pool threads
         self._ingress = Ingress(loop, self._from_ingress)
         core.ingress_size = self._ingress.__len__
         self._core = core
@@ -422,13 +424,14 @@ class Runtime:
         out = core.outcomes
         cells = core.cells.values()
         wait_ms, run_ms = out.latency.summary()
-        depths = sorted(((len(c.mailbox), c.key) for c in cells if len(c.mailbox)), reverse=True)
+        # By depth only: str and int keys do not compare.
+        deepest = heapq.nlargest(20, (c for c in cells if len(c.mailbox)), key=_depth)
         return {
             "state": self._state,
             "live_actors": core.live,
             "known_keys": len(core.cells),
             "pending": core.pending + core.ingress_size(),
-            "pending_by_key": {key: depth for depth, key in depths[:20]},
+            "pending_by_key": {c.key: len(c.mailbox) for c in deepest},
             "in_flight": sum(1 for c in cells if c.current is not None),
             "accepted": core.accepted,
             "handled": out.handled,
@@ -478,6 +481,10 @@ class Runtime:
         except RuntimeError:
             return fn()
         return future.get(timeout=30)
+
+
+def _depth(cell: Any) -> int:
+    return len(cell.mailbox)
 
 
 def _positive_int(name: str, value: object) -> None:

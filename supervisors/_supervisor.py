@@ -74,7 +74,8 @@ class ChildFailed(NamedTuple):
     phase: str
     error: BaseException
     envelope: Envelope | None
-    incarnation: int
+    actor_type: type | None
+    """The failed instance's class (its `decider` applies), captured when it failed."""
 
 
 class ChildStopped(NamedTuple):
@@ -143,7 +144,7 @@ class SupervisorActor(LoopActor):
                 actor.key = cell.key
         except Exception as exc:
             cell.state = SUSPENDED
-            self._on_failed(ChildFailed(cell, "init", exc, None, cell.incarnation))
+            self._on_failed(ChildFailed(cell, "init", exc, None, None))
             return
         cell.start(actor)
         self.core.activations += 1
@@ -155,10 +156,10 @@ class SupervisorActor(LoopActor):
     # -- failures -----------------------------------------------------------------
 
     def _on_failed(self, message: ChildFailed) -> None:
-        cell, phase, error, envelope, _ = message
+        cell, phase, error, envelope, actor_type = message
         core = self.core
         actor = cell.actor
-        decider = getattr(type(actor), "decider", None) if actor is not None else None
+        decider = getattr(actor_type, "decider", None)
         directive = decide(decider or self.policy.decider, error)
         core.actor_failures += 1
         core.log.warning(
@@ -181,7 +182,9 @@ class SupervisorActor(LoopActor):
                 core.outcomes.on_failed(cell.key, envelope, error)
         if phase == "on_stop":
             if directive is Directive.STOP:
+                # The incarnation is ending anyway; STOP also cancels a restart it was for.
                 self._drop_waiting(cell, "stopped")
+                cell.restart_cancelled = True
             return
         if cell.state is not SUSPENDED or self.closing:
             return
@@ -270,6 +273,10 @@ class SupervisorActor(LoopActor):
         if cell.state is CLOSED or self.closing:
             return
         core = self.core
+        if reason == "restart" and cell.restart_cancelled:
+            cell.restart_cancelled = False
+            cell.state = EMPTY
+            reason = "stopped"
         if reason == "restart":
             due = max(cell.restart_at, core.clock.now())
             cell.timer = core.clock.call_at(due, self._tell, RestartDue(cell))
