@@ -98,6 +98,17 @@ class _Core:
         self.supervisor: SupervisorActor = None  # type: ignore[assignment]
         self.cells: dict[str | int, Cell] = {}
         self.ingress_size: Callable[[], int] = lambda: 0
+        self.public_tell: Callable[..., None] = self._loop_tell
+
+    def _loop_tell(self, key: Any, message: Any, **options: Any) -> None:
+        self.accept(
+            key,
+            message,
+            options.get("priority", 0),
+            options.get("interrupt", False),
+            options.get("clear", False),
+            None,
+        )
 
     # -- the router ---------------------------------------------------------------
 
@@ -154,16 +165,8 @@ class _Core:
             self.outcomes.on_dropped(cell.key, envelope, "cleared", envelope.attempt - 1)
 
     def tell(self, key: Any, message: Any, **options: Any) -> None:
-        """`Context.tell`: a handler telling a user (the runtime replaces it with its
-        thread-safe `Runtime.tell`, since blocking handlers run on pool threads)."""
-        self.accept(
-            key,
-            message,
-            options.get("priority", 0),
-            options.get("interrupt", False),
-            options.get("clear", False),
-            None,
-        )
+        """`Context.tell`: through `Runtime.tell`, since blocking handlers run on pool threads."""
+        self.public_tell(key, message, **options)
 
     # -- the cells' host ------------------------------------------------------------
 

@@ -205,7 +205,7 @@ class Runtime:
         core.registry._start_actor_loop()
         core.supervisor._start_actor_loop()
         core.cells = core.registry.cells
-        core.tell = self.tell  # type: ignore[method-assign] # handlers may run on pool threads
+        core.public_tell = self.tell
         self._ingress = Ingress(loop, self._from_ingress)
         core.ingress_size = self._ingress.__len__
         self._core = core
