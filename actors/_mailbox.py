@@ -56,11 +56,14 @@ class Mailbox:
     mailbox costs the caller nothing but the exception.
     """
 
-    __slots__ = ("_lane0", "_lanes", "_order", "_size")
+    __slots__ = ("_head", "_lane0", "_lanes", "_order", "_size")
 
     def __init__(self) -> None:
-        # Priority 0 (nearly all traffic) has its own lane; higher lanes live in a dict.
-        # Each structure exists only while it holds something.
+        # Priority 0 (nearly all traffic): the oldest waits in `_head`, later ones in
+        # `_lane0`; so a chat user's usual single message needs no deque at all.
+        # Higher priorities live in a dict of lanes. Each structure exists only while
+        # it holds something. Invariant: `_lane0` non-empty implies `_head` is set.
+        self._head: Envelope | None = None
         self._lane0: deque[Envelope] | None = None
         self._lanes: dict[int, deque[Envelope]] | None = None
         self._order: list[int] | None = None  # priorities > 0 with a non-empty lane, ascending
@@ -83,15 +86,17 @@ class Mailbox:
         """
         if type(envelope) is not Envelope:
             envelope = Envelope(envelope.message, envelope.reply_to, 0, 0.0)
-        self._lane(envelope.priority).append(envelope)
         self._size += 1
+        if envelope.priority:
+            self._lane(envelope.priority).append(envelope)
+        elif self._head is None:
+            self._head = envelope
+        elif self._lane0 is None:
+            self._lane0 = deque((envelope,))
+        else:
+            self._lane0.append(envelope)
 
     def _lane(self, priority: int) -> deque[Envelope]:
-        if priority == 0:
-            lane = self._lane0
-            if lane is None:
-                lane = self._lane0 = deque()
-            return lane
         lanes = self._lanes
         if lanes is None:
             lanes = self._lanes = {}
@@ -104,8 +109,15 @@ class Mailbox:
 
     def put_front(self, envelope: Envelope) -> None:
         """Put an envelope back at the head of its lane (a retried message keeps its place)."""
-        self._lane(envelope.priority).appendleft(envelope)
         self._size += 1
+        if envelope.priority:
+            self._lane(envelope.priority).appendleft(envelope)
+            return
+        if self._head is not None:
+            if self._lane0 is None:
+                self._lane0 = deque()
+            self._lane0.appendleft(self._head)
+        self._head = envelope
 
     def pop(self) -> Envelope | None:
         """Remove and return the next envelope, or `None` if nothing waits."""
@@ -114,10 +126,14 @@ class Mailbox:
         self._size -= 1
         lanes = self._lanes
         if lanes is None:  # only priority 0 waits
-            lane: deque[Envelope] = self._lane0  # type: ignore[assignment]
-            envelope = lane.popleft()
-            if not lane:
-                self._lane0 = None
+            envelope = self._head
+            lane0 = self._lane0
+            if lane0 is None:
+                self._head = None
+            else:
+                self._head = lane0.popleft()
+                if not lane0:
+                    self._lane0 = None
             return envelope
         order: list[int] = self._order  # type: ignore[assignment]
         priority = order[-1]
@@ -142,7 +158,16 @@ class Mailbox:
         """The priority of the message that would come out next, if any."""
         if self._order:
             return self._order[-1]
-        return 0 if self._lane0 else None
+        return 0 if self._head is not None else None
+
+    def _take_lane0(self) -> list[Envelope]:
+        taken: list[Envelope] = []
+        if self._head is not None:
+            taken.append(self._head)
+            if self._lane0 is not None:
+                taken.extend(self._lane0)
+        self._head = self._lane0 = None
+        return taken
 
     def take_below(self, priority: int) -> list[Envelope]:
         """Remove and return the waiting envelopes below `priority`, in delivery order."""
@@ -157,9 +182,7 @@ class Mailbox:
                 order.remove(p)
             if not order:
                 self._lanes = self._order = None
-        if self._lane0 is not None:
-            taken.extend(self._lane0)
-            self._lane0 = None
+        taken.extend(self._take_lane0())
         self._size -= len(taken)
         return taken
 
@@ -169,8 +192,7 @@ class Mailbox:
         if self._lanes is not None:
             for p in reversed(self._order):  # type: ignore[arg-type]
                 taken.extend(self._lanes[p])
-        if self._lane0 is not None:
-            taken.extend(self._lane0)
-        self._lane0 = self._lanes = self._order = None
+        taken.extend(self._take_lane0())
+        self._lanes = self._order = None
         self._size = 0
         return taken

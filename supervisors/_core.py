@@ -137,7 +137,7 @@ class _Core:
                 self._check_total(key)
             cell = self.registry.open(key)
         else:
-            if cell.mailbox._size >= self.max_pending:
+            if cell._size >= self.max_pending:
                 raise MailboxFull(key, self.max_pending)
             if self.max_total_pending is not None:
                 self._check_total(key)

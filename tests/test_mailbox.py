@@ -20,7 +20,7 @@ class TestMailbox:
 
         assert box.pop() is None
         assert box.empty()
-        assert (box._lanes, box._lane0, box._order) == (None, None, None)
+        assert (box._head, box._lanes, box._lane0, box._order) == (None, None, None, None)
 
     def test_highest_priority_first_then_fifo(self) -> None:
         """The oldest of the highest priority comes out first (G3), FIFO within a lane (G1)."""
@@ -29,7 +29,7 @@ class TestMailbox:
             box.put(env(message, priority))
 
         assert [box.pop().message for _ in range(5)] == ["b", "d", "c", "a", "e"]  # type: ignore[union-attr]
-        assert (box._lanes, box._lane0, box._order) == (None, None, None)
+        assert (box._head, box._lanes, box._lane0, box._order) == (None, None, None, None)
 
     def test_put_front_keeps_the_place_of_a_retried_message(self) -> None:
         """A message put back goes to the head of its own lane only."""
