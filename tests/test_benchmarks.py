@@ -1,0 +1,184 @@
+"""The benchmark harness: its JSON is complete and sane, its peers are correct.
+
+No timing threshold is checked here: figures depend on the machine. The
+smoke test runs ``python -m benchmarks --quick`` in a subprocess and checks
+that every scenario is there with positive, finite figures and ratios; the
+peer tests check that the baselines keep per-user order and run one handler
+at a time per user, so that the comparison is a fair one.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import math
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from benchmarks._peers import INTERRUPT, AsyncioQueuePeer, LockPeer, PromiseQueuePeer
+from benchmarks._pykka_peer import PykkaThreadPeer
+from benchmarks._scenarios import SUBJECT, all_scenarios
+
+ROOT = Path(__file__).resolve().parent.parent
+PEERS = [AsyncioQueuePeer, PromiseQueuePeer, LockPeer, PykkaThreadPeer]
+
+
+def _positive(value: Any) -> bool:
+    return isinstance(value, int | float) and math.isfinite(value) and value > 0
+
+
+def _finite_non_negative(value: Any) -> bool:
+    return isinstance(value, int | float) and math.isfinite(value) and value >= 0
+
+
+@pytest.fixture(scope="module")
+def quick_results(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+    """Run the quick benchmark once for every test of this module."""
+    out = tmp_path_factory.mktemp("bench") / "results.json"
+    proc = subprocess.run(
+        [sys.executable, "-m", "benchmarks", "--quick", "--plain", "--json", str(out)],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "P1 tell throughput" in proc.stdout
+    data: dict[str, Any] = json.loads(out.read_text())
+    return data
+
+
+@pytest.mark.timeout(150)
+def test_quick_run_has_machine_info_and_parameters(quick_results: dict[str, Any]) -> None:
+    meta = quick_results["meta"]
+    assert meta["cpu_count"] >= 1
+    assert meta["platform"]
+    assert meta["python"]
+    assert set(meta["packages"]) >= {"inorder", "pykka", "structlog", "msgpack"}
+    assert meta["mode"] == "quick"
+    assert meta["params"]["quick"] is True
+    assert meta["runtime_import_error"] is None
+
+
+@pytest.mark.timeout(150)
+def test_quick_run_has_every_scenario(quick_results: dict[str, Any]) -> None:
+    names = [s["name"] for s in quick_results["scenarios"]]
+    assert names == [s.name for s in all_scenarios()]
+    assert set(quick_results["summary"]) == set(names)
+
+
+@pytest.mark.timeout(150)
+def test_quick_run_figures_are_positive_and_finite(quick_results: dict[str, Any]) -> None:
+    for scenario in quick_results["scenarios"]:
+        assert scenario["target"]
+        assert scenario["unit"]
+        assert scenario["cases"], scenario["name"]
+        for case in scenario["cases"]:
+            results = case["results"]
+            assert SUBJECT in results, (scenario["name"], case["case"])
+            for peer, result in results.items():
+                where = (scenario["name"], case["case"], peer)
+                assert not result["errors"], where
+                if result["na"] is not None:
+                    assert result["na"].startswith("n/a ("), where
+                    assert result["value"] is None, where
+                    continue
+                assert _positive(result["value"]), where
+                assert all(_positive(v) for v in result["runs"]), where
+                for name, value in result["extra"].items():
+                    assert _finite_non_negative(value), (where, name)
+            assert results[SUBJECT]["na"] is None, (scenario["name"], case["case"])
+
+
+@pytest.mark.timeout(150)
+def test_quick_run_has_ratios_and_checks(quick_results: dict[str, Any]) -> None:
+    for scenario in quick_results["scenarios"]:
+        assert scenario["checks"], scenario["name"]
+        for check in scenario["checks"]:
+            assert check["met"] in (True, False), (scenario["name"], check)
+            assert math.isfinite(check["measured"])
+        assert scenario["met"] in (True, False)
+        for case in scenario["cases"]:
+            measured = [
+                p for p, r in case["results"].items() if p != SUBJECT and r["value"] is not None
+            ]
+            assert measured, (scenario["name"], case["case"])
+            assert set(case["ratios"]) == set(measured), (scenario["name"], case["case"])
+            assert all(_positive(r) for r in case["ratios"].values())
+
+
+# -- the peers are fair baselines ------------------------------------------------
+
+
+@pytest.mark.parametrize("peer_cls", PEERS, ids=lambda c: c.name)
+async def test_peer_keeps_order_and_one_at_a_time(peer_cls: Any) -> None:
+    seen: dict[str, list[int]] = {}
+    running: set[str] = set()
+    overlaps: list[str] = []
+
+    async def handler(key: str, message: int) -> int:
+        if key in running:
+            overlaps.append(key)
+        running.add(key)
+        if message % 3 == 0:
+            await asyncio.sleep(0)
+        seen.setdefault(key, []).append(message)
+        running.discard(key)
+        return message * 2
+
+    def sync_handler(key: str, message: int) -> int:
+        seen.setdefault(key, []).append(message)
+        return message * 2
+
+    async with peer_cls(handler, sync_handler=sync_handler) as peer:
+        keys = ["a", "b", "c"]
+        for i in range(60):
+            peer.tell(keys[i % 3], i)
+        assert await peer.ask("a", 60) == 120
+    assert seen["a"] == list(range(0, 61, 3))
+    assert seen["b"] == list(range(1, 60, 3))
+    assert not overlaps
+
+
+@pytest.mark.parametrize(
+    "peer_cls", [p for p in PEERS if INTERRUPT in p.capabilities], ids=lambda c: c.name
+)
+async def test_peer_interrupt_cancels_the_running_handler(peer_cls: Any) -> None:
+    cancelled = asyncio.Event()
+    started = asyncio.Event()
+
+    async def handler(key: str, message: str) -> str:
+        if message == "long":
+            started.set()
+            try:
+                await asyncio.sleep(60)
+            except asyncio.CancelledError:
+                cancelled.set()
+                raise
+        return message
+
+    async with peer_cls(handler) as peer:
+        peer.tell("u", "long")
+        await started.wait()
+        reply = peer.ask("u", "stop", priority=1, interrupt=True)
+        await asyncio.wait_for(cancelled.wait(), 5)
+        assert await reply == "stop"
+
+
+@pytest.mark.parametrize("peer_cls", [AsyncioQueuePeer, PromiseQueuePeer, LockPeer])
+async def test_peer_releases_idle_users(peer_cls: Any) -> None:
+    async def handler(key: str, message: int) -> None:
+        return None
+
+    async with peer_cls(handler, idle_timeout=0.05) as peer:
+        await asyncio.gather(*(peer.ask(f"u{i}", i) for i in range(10)))
+        for _ in range(100):
+            if peer.live() == 0:
+                break
+            await asyncio.sleep(0.01)
+        assert peer.live() == 0
