@@ -94,7 +94,7 @@ class FakeClock:
 
 
 async def wait_all_tasks_blocked() -> None:
-    """Return once no callback or task of the running loop is ready to run.
+    """Return once no callback or task of the running loop is ready to run (or after 64 turns).
 
     The asyncio analogue of trio's `wait_all_tasks_blocked`: everything else is
     waiting on a future, a timer or I/O. Handlers awaiting an event that never
@@ -103,7 +103,10 @@ async def wait_all_tasks_blocked() -> None:
     loop = asyncio.get_running_loop()
     ready = getattr(loop, "_ready", None)  # CPython's ready queue; private but long-stable
     quiet_rounds = 0
-    for _ in range(100_000):
+    # Bounded: a task that spins on sleep(0) (a test polling for a condition) keeps the
+    # ready queue non-empty forever. 64 turns are far more than any chain of the
+    # runtime's own hops (timer -> supervisor -> cell -> registry) needs.
+    for _ in range(64):
         await asyncio.sleep(0)
         if ready is None or len(ready) == 0:
             quiet_rounds += 1
