@@ -26,6 +26,8 @@ if TYPE_CHECKING:
 
 __all__ = ["DeadLetter", "Latencies", "Outcomes"]
 
+_REQUESTED = frozenset({"cleared", "shutdown"})
+
 
 @final
 @dataclass(frozen=True, slots=True)
@@ -181,12 +183,10 @@ class Outcomes:
     def _dead_letter(self, letter: DeadLetter) -> None:
         self.dead_letter_count += 1
         self._dead.append(letter)
-        self.log.warning(
-            "message_dead_lettered",
-            key=letter.key,
-            reason=letter.reason,
-            priority=letter.priority,
-        )
+        # Drops the application asked for (a /clear, a shutdown) are expected: one line
+        # each at DEBUG (the shutdown logs its total once). The rest is news: WARNING.
+        log = self.log.debug if letter.reason in _REQUESTED else self.log.warning
+        log("message_dead_lettered", key=letter.key, reason=letter.reason, priority=letter.priority)
         if self._on_dead_letter is not None:
             try:
                 self._on_dead_letter(letter)

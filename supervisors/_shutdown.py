@@ -75,6 +75,8 @@ async def shutdown(
         interrupted=out.interrupted,
         dropped=out.dropped,
     )
+    if dropped:
+        core.log.warning("messages_dropped_on_stop", count=dropped, drained=drained)
     core.log.info(
         "runtime_stopped",
         drained=drained,
