@@ -129,7 +129,11 @@ class Cell(Mailbox):
 
     def deliver(self, envelope: Envelope) -> None:
         """Queue an accepted envelope and make sure someone will handle it."""
-        self.put(envelope)
+        if envelope.priority == 0 and self._head is None:
+            self._head = envelope  # Mailbox.put's commonest case, inlined (hot path)
+            self._size += 1
+        else:
+            self.put(envelope)
         state = self.state
         if state is IDLE:
             self._begin(RUNNING)
@@ -223,9 +227,12 @@ class Cell(Mailbox):
             ctx: Context = self.ctx  # type: ignore[assignment]
             handler = actor.on_message
             mode = actor._handler_mode
+            is_async = mode == HANDLER_ASYNC
+            timeout = host.handler_timeout
             budget = host.batch
+            pop = mailbox.pop
             while self.state is RUNNING:
-                envelope = mailbox.pop()
+                envelope = pop()
                 if envelope is None:
                     self.state = IDLE
                     host.cell_idle(self)
@@ -233,14 +240,13 @@ class Cell(Mailbox):
                 host.pending -= 1
                 started = now()
                 self.current = envelope
-                timeout = host.handler_timeout
                 timer = (
                     None
                     if timeout is None
                     else host.clock.call_at(started + timeout, self._cut_short, "timeout")
                 )
                 try:
-                    if mode == HANDLER_ASYNC:
+                    if is_async:
                         result = await handler(envelope.message, ctx)
                     elif mode == HANDLER_SYNC:
                         result = handler(envelope.message, ctx)

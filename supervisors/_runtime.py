@@ -26,6 +26,7 @@ import heapq
 import threading
 import time
 from dataclasses import dataclass
+from threading import get_ident
 from typing import TYPE_CHECKING, Any, Self, TypeVar, final
 
 from actors._clock import LoopClock
@@ -156,6 +157,7 @@ class Runtime:
         self._clock = clock
         self._log_level = log_level
         self._core: _Core | None = None
+        self._accept: Callable[..., None] = _not_started
         self._ingress: Ingress | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._loop_thread = 0
@@ -209,6 +211,7 @@ class Runtime:
         self._ingress = Ingress(loop, self._from_ingress)
         core.ingress_size = self._ingress.__len__
         self._core = core
+        self._accept = core.accept
         self._loop = loop
         self._loop_thread = threading.get_ident()
         self._done = asyncio.Event()
@@ -329,8 +332,8 @@ class Runtime:
             MailboxFull: the key's mailbox (or the runtime-wide bound) is full.
             RuntimeStopped: the runtime is not running.
         """
-        if threading.get_ident() == self._loop_thread:
-            self._core.accept(key, message, priority, interrupt, clear, None)  # type: ignore[union-attr]
+        if get_ident() == self._loop_thread:
+            self._accept(key, message, priority, interrupt, clear, None)
         else:
             self._submit(key, message, priority, interrupt, clear, None)
 
@@ -481,6 +484,11 @@ class Runtime:
         except RuntimeError:
             return fn()
         return future.get(timeout=30)
+
+
+def _not_started(*_: Any) -> None:
+    msg = "this runtime is not running"
+    raise RuntimeStopped(msg)
 
 
 def _depth(cell: Any) -> int:
