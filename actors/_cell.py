@@ -22,6 +22,7 @@ P5). An idle cell has no task at all, so an idle user costs a few slots.
 from __future__ import annotations
 
 import asyncio
+from collections import deque
 from typing import TYPE_CHECKING, Any, Protocol
 
 from actors._errors import HandlerTimeout
@@ -129,8 +130,14 @@ class Cell(Mailbox):
 
     def deliver(self, envelope: Envelope) -> None:
         """Queue an accepted envelope and make sure someone will handle it."""
-        if envelope.priority == 0 and self._head is None:
-            self._head = envelope  # Mailbox.put's commonest case, inlined (hot path)
+        # Mailbox.put's priority-0 cases, inlined: this runs once per message.
+        if envelope.priority == 0:
+            if self._head is None:
+                self._head = envelope
+            elif self._lane0 is not None:
+                self._lane0.append(envelope)
+            else:
+                self._lane0 = deque((envelope,))
             self._size += 1
         else:
             self.put(envelope)
