@@ -313,14 +313,18 @@ class SupervisorActor(LoopActor):
         """Note that `cell` became idle now (direct call from the cell, loop thread)."""
         core = self.core
         timeout = core.idle_timeout
-        cell.idle_since = core.clock.now()
+        max_active = core.max_active
+        if timeout is None and max_active is None:
+            return  # nothing ever passivates: no need to track
+        now = cell.idle_since = core.now()
+        key = cell.key
         idle = self.idle
-        idle[cell.key] = cell
-        idle.move_to_end(cell.key)
-        if core.max_active is not None and core.live - self.stopping > core.max_active:
+        idle[key] = cell
+        idle.move_to_end(key)
+        if max_active is not None and core.live - self.stopping > max_active:
             self._queue_sweep()
         elif timeout is not None and self._sweep_timer is None:
-            self._arm_sweep(cell.idle_since + timeout)
+            self._arm_sweep(now + timeout)
 
     def _arm_sweep(self, when: float) -> None:
         self._sweep_at = when
