@@ -109,6 +109,8 @@ class SupervisorActor(LoopActor):
         self._sweep_queued = False
         self.stopping = 0  # incarnations whose on_stop is running
         self.closing = False  # set by the runtime's shutdown: no new incarnations
+        # Restart histories of released keys that failed recently (see _keep_history).
+        self.histories: dict[str | int, RestartState] = {}
 
     def _handle_receive(self, message: Any) -> Any:
         # Our own messages first, by type; pykka's (stop, proxy calls) after.
@@ -135,6 +137,8 @@ class SupervisorActor(LoopActor):
         if self.closing:
             cell.state = EMPTY
             return
+        if cell.policy_state is None and self.histories:
+            cell.policy_state = self.histories.pop(cell.key, None)
         try:
             actor = self.core.factory(cell.key)
             if not isinstance(actor, UserActor):
@@ -294,6 +298,7 @@ class SupervisorActor(LoopActor):
         if cell.state is not EMPTY:
             return
         if cell.mailbox.empty():
+            self._keep_history(cell)
             core.registry.post(Release(cell))
         else:
             # A message raced the stop: it goes to a new incarnation, in order.
@@ -339,12 +344,27 @@ class SupervisorActor(LoopActor):
             self._sweep_queued = True
             self._tell(Sweep())
 
+    def _keep_history(self, cell: Cell) -> None:
+        """Keep a released key's recent restarts: passivation must not reset its budget."""
+        state = cell.policy_state
+        if state is not None and state.restarts:
+            self.histories[cell.key] = state
+            if len(self.histories) > 1024:  # only crash-looping keys land here; keep it small
+                self._forget_histories(self.core.now())
+
+    def _forget_histories(self, now: float) -> None:
+        horizon = max(self.policy.within, self.policy.reset_after)
+        for key in [k for k, s in self.histories.items() if s.restarts[-1] + horizon <= now]:
+            del self.histories[key]
+
     def _on_sweep(self, _: Sweep) -> None:
         self._sweep_queued = False
         if self.closing:
             return
         core = self.core
         now = core.clock.now()
+        if self.histories:
+            self._forget_histories(now)
         timeout = core.idle_timeout
         idle = self.idle
         while idle:
