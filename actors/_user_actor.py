@@ -19,7 +19,7 @@ What happens when, for one incarnation:
 from __future__ import annotations
 
 import inspect
-from typing import TYPE_CHECKING, Any, ClassVar, Protocol
+from typing import TYPE_CHECKING, Any, ClassVar, Protocol, TypeAlias
 
 import pykka
 import structlog
@@ -37,6 +37,9 @@ __all__ = ["Context", "UserActor"]
 HANDLER_SYNC = 0
 HANDLER_ASYNC = 1
 HANDLER_BLOCKING = 2
+
+# What `decider = staticmethod(fn)` (or a plain function) in a subclass body is.
+_DeciderAttr: TypeAlias = "Callable[[BaseException], Any] | staticmethod[[BaseException], Any]"
 
 _START_BY_RUNTIME = (
     "user actors are started by a Runtime on their key's first message; "
@@ -81,7 +84,7 @@ class UserActor(_ActorBase):
     """
 
     blocking: ClassVar[bool] = False
-    decider: ClassVar[Callable[[BaseException], Any] | None] = None
+    decider: ClassVar[_DeciderAttr | None] = None
     _handler_mode: ClassVar[int] = HANDLER_SYNC
     _async_start: ClassVar[bool] = False
     _async_stop: ClassVar[bool] = False

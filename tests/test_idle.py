@@ -68,34 +68,9 @@ def probes(journal: Journal) -> Callable[[str | int], UserActor]:
     return lambda key: Probe(key, journal)
 
 
-async def settle(rt: Runtime) -> None:
-    """`rt.wait_idle()`, after a few loop turns.
-
-    The turns work around a missed wake-up in `wait_idle` (see
-    `test_wait_idle_wakes_up_when_the_registry_finishes_last` in tests/test_idle.py).
-    """
-    for _ in range(50):
-        await asyncio.sleep(0)
-    await rt.wait_idle()
-
-
-async def tick(rt: Runtime, clock: FakeClock, seconds: float) -> None:
-    """Let what is runnable now finish at the current virtual time, then advance."""
-    await settle(rt)
-    await clock.advance(seconds)
-
-
 async def spin(turns: int = 100) -> None:
     for _ in range(turns):
         await asyncio.sleep(0)
-
-
-async def advance_busy(clock: FakeClock, seconds: float, turns: int = 100) -> None:
-    """`clock.advance()` while a handler is deliberately left in flight.
-
-    FakeClock settles on "every task blocked", so a hung handler no longer stalls it.
-    """
-    await clock.advance(seconds)
 
 
 def live_and_known(rt: Runtime) -> tuple[int, int]:
@@ -109,12 +84,12 @@ async def test_idle_actor_stops_exactly_at_idle_timeout(clock: FakeClock) -> Non
     journal = Journal(clock)
     with capture_logs() as logs:
         async with Runtime(probes(journal), clock=clock, idle_timeout=TIMEOUT) as rt:
-            await tick(rt, clock, 5.0)
+            await clock.advance(5.0)
             assert await rt.ask("u", "x") == "x"  # idle since t=5
-            await tick(rt, clock, TIMEOUT - EPS)
+            await clock.advance(TIMEOUT - EPS)
             assert live_and_known(rt) == (1, 1)
             assert journal.kinds("stop_begin") == []
-            await tick(rt, clock, EPS)
+            await clock.advance(EPS)
             assert journal.kinds("stop_end") == [("stop_end", "u", 1, "idle", 35.0)]
             assert live_and_known(rt) == (0, 0)
             assert rt.stats()["idle_stops"] == 1
@@ -127,11 +102,11 @@ async def test_activity_resets_the_idle_clock(clock: FakeClock) -> None:
     journal = Journal(clock)
     async with Runtime(probes(journal), clock=clock, idle_timeout=TIMEOUT) as rt:
         await rt.ask("u", "a")
-        await tick(rt, clock, 20.0)
+        await clock.advance(20.0)
         await rt.ask("u", "b")  # idle again since t=20
-        await tick(rt, clock, TIMEOUT - EPS)
+        await clock.advance(TIMEOUT - EPS)
         assert live_and_known(rt) == (1, 1)
-        await tick(rt, clock, EPS)
+        await clock.advance(EPS)
         assert live_and_known(rt) == (0, 0)
         assert journal.kinds("stop_begin") == [("stop_begin", "u", 1, "idle", 50.0)]
 
@@ -142,18 +117,18 @@ async def test_a_handler_in_flight_is_never_passivated(clock: FakeClock) -> None
     journal = Journal(clock)
     async with Runtime(probes(journal), clock=clock, idle_timeout=TIMEOUT) as rt:
         await rt.ask("u", "x")  # idle since t=0: a sweep is due at t=30
-        await tick(rt, clock, 10.0)
+        await clock.advance(10.0)
         hung = rt.ask("u", "hang")
-        await advance_busy(clock, 1000.0)
+        await clock.advance(1000.0)
         assert clock.now() == 1010.0
         assert rt.stats()["in_flight"] == 1
         assert live_and_known(rt) == (1, 1)
         assert journal.kinds("stop_begin") == []
         journal.release.set()
         assert await hung == "hang"
-        await tick(rt, clock, TIMEOUT - EPS)
+        await clock.advance(TIMEOUT - EPS)
         assert live_and_known(rt) == (1, 1)
-        await tick(rt, clock, EPS)
+        await clock.advance(EPS)
         assert journal.kinds("stop_begin") == [("stop_begin", "u", 1, "idle", 1040.0)]
         assert live_and_known(rt) == (0, 0)
 
@@ -206,10 +181,10 @@ async def test_max_active_passivates_the_least_recently_used_idle_actors_first(
             await rt.ask("b", 1)
             await rt.ask("a", 2)  # now b is the least recently used
             await rt.ask("c", 1)
-            await settle(rt)
+            await rt.wait_idle()
             assert [e[1] for e in journal.kinds("stop_end")] == ["b"]
             await rt.ask("d", 1)
-            await settle(rt)
+            await rt.wait_idle()
             assert [(e[1], e[3]) for e in journal.kinds("stop_end")] == [
                 ("b", "idle"),
                 ("a", "idle"),
@@ -232,7 +207,7 @@ async def test_max_active_never_passivates_busy_actors(clock: FakeClock) -> None
         assert journal.kinds("stop_begin") == []
         journal.release.set()
         assert [await f for f in hung] == ["hang", "hang"]
-        await settle(rt)
+        await rt.wait_idle()
         assert rt.stats()["live_actors"] == 1
         assert [e[1] for e in journal.kinds("stop_end")] == ["a"]
 
@@ -242,9 +217,9 @@ async def test_idle_timeout_none_never_stops(clock: FakeClock) -> None:
     journal = Journal(clock)
     async with Runtime(probes(journal), clock=clock, idle_timeout=None) as rt:
         await rt.ask("u", "x")
-        await settle(rt)
+        await rt.wait_idle()
         assert clock.pending_timers() == []
-        await tick(rt, clock, 10.0**9)
+        await clock.advance(10.0**9)
         assert live_and_known(rt) == (1, 1)
         assert journal.kinds("stop_begin") == []
 
@@ -257,16 +232,16 @@ async def test_idle_tracking_uses_one_timer_for_the_whole_runtime(clock: FakeClo
         for group in range(10):
             for i in range(100):
                 rt.tell(f"user:{group}:{i}", "x")
-            await settle(rt)
+            await rt.wait_idle()
             assert clock.pending_timers() == [TIMEOUT]
-            await tick(rt, clock, 1.0)
+            await clock.advance(1.0)
         assert rt.stats()["live_actors"] == 1000
-        await tick(rt, clock, TIMEOUT - 10.0)  # t=30: group 0 went idle at 0
+        await clock.advance(TIMEOUT - 10.0)  # t=30: group 0 went idle at 0
         for group in range(10):
             assert rt.stats()["live_actors"] == 1000 - 100 * (group + 1)
             assert len(clock.pending_timers()) <= 1
             assert clock.pending_timers() == ([TIMEOUT + group + 1] if group < 9 else [])
-            await tick(rt, clock, 1.0)
+            await clock.advance(1.0)
         assert live_and_known(rt) == (0, 0)
         stop_times = sorted({e[-1] for e in journal.kinds("stop_end")})
         assert stop_times == [TIMEOUT + g for g in range(10)]
@@ -276,11 +251,8 @@ async def test_fake_clock_advance_runs_pending_work_at_the_current_time(
     clock: FakeClock,
 ) -> None:
     """Work that is runnable when `advance()` is called runs at the current virtual time:
-    a message told at t=0 is handled at t=0, so its actor stops at exactly t=timeout.
-
-    Known failure: `FakeClock.advance` moves the clock first and only then lets the loop
-    run, so the message is handled at t=30 (wait_ms 30,000) and the actor stops at t=60.
-    """
+    a message told at t=0 is handled at t=0, so its actor stops at exactly t=timeout
+    (regression: advance() moved the clock first, so it was handled at t=30)."""
     journal = Journal(clock)
     async with Runtime(probes(journal), clock=clock, idle_timeout=TIMEOUT) as rt:
         rt.tell("u", "x")
@@ -298,12 +270,9 @@ class AsyncStop(UserActor):
 
 
 async def test_wait_idle_wakes_up_when_the_registry_finishes_last(clock: FakeClock) -> None:
-    """`wait_idle()` returns once the runtime is quiet, whatever the last step was.
-
-    Known failure: with `max_active=1` and an async `on_stop`, the last step is the
-    registry handling `Release`; `RegistryActor` never calls `core.notify()`, so a waiter
-    registered just before sleeps forever although `core.quiet()` is true.
-    """
+    """`wait_idle()` returns once the runtime is quiet, whatever the last step was
+    (regression: when the registry's `Release` was the last step, nothing woke the waiter;
+    here: `max_active=1` and an async `on_stop`)."""
     async with Runtime(AsyncStop, clock=clock, idle_timeout=None, max_active=1) as rt:
 
         async def scenario() -> None:
@@ -312,7 +281,7 @@ async def test_wait_idle_wakes_up_when_the_registry_finishes_last(clock: FakeClo
             await rt.wait_idle()
 
         task = asyncio.ensure_future(scenario())
-        for _ in range(1000):
+        for _ in range(1000):  # bounded, so a regression fails instead of hanging
             if task.done():
                 break
             await asyncio.sleep(0)

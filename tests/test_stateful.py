@@ -3,8 +3,9 @@
 Each example gets a fresh event loop, `FakeClock` and `Runtime`. Rules send
 batches of tells and asks to a few keys (priorities, interrupts, clears),
 inject failures (in handlers, `on_start`, `on_stop`), leave handlers hanging
-past `handler_timeout`, and jump virtual time across backoffs and idle
-timeouts. After every step the invariants compare the runtime with a model:
+past `handler_timeout`, hold `on_stop` open so that messages race idle stops
+and restarts, and jump virtual time across backoffs and idle timeouts. After
+every step the invariants compare the runtime with a model:
 
 * G1: per key and priority, messages start in acceptance order;
 * G2: never two hooks/handlers of one key at once;
@@ -24,6 +25,7 @@ import contextlib
 import itertools
 import random
 from collections import Counter, defaultdict
+from collections.abc import MutableMapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -33,14 +35,15 @@ from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, ru
 from structlog.testing import capture_logs
 
 from actors import Context, DeadLetter, Dropped, Interrupted, LoopFuture, UserActor
-from actors.testing import FakeClock
+from actors.testing import FakeClock, wait_all_tasks_blocked
 from supervisors import Directive, RestartPolicy, Runtime
 
 KEYS = ("k0", "k1", "k2")
 IDLE_TIMEOUT = 5.0
 HANDLER_TIMEOUT = 2.0
 WITHIN = 10.0
-SPINS = 100  # loop turns given to the runtime to settle when a hung handler keeps it busy
+RESET_AFTER = 5.0
+BACKOFF_MIN, BACKOFF_MAX = 0.5, 2.0  # factor 2: 0.5, 1, 2, 2, ...
 
 
 class Boom(Exception):
@@ -79,7 +82,7 @@ RAISES: dict[str, type[Exception]] = {
     "stop": StopMe,
     "escalate": EscalateMe,
 }
-KINDS = ("ok", "ok", "ok", "ok", "ok", "boom", "flaky", "resume", "stop", "escalate", "hang", "hang")
+KINDS = ("ok",) * 5 + ("boom", "flaky", "resume", "stop", "escalate", "hang", "hang")
 
 
 @dataclass
@@ -122,7 +125,8 @@ class World:
     violations: list[str] = field(default_factory=list)
     fail_starts: Counter[str] = field(default_factory=Counter)
     fail_stops: Counter[str] = field(default_factory=Counter)
-    hanging: int = 0
+    hanging: int = 0  # handlers and on_stop calls waiting for something that may never come
+    stop_gate: asyncio.Event | None = None  # set: every on_stop waits for it
     stream: list[dict[str, Any]] = field(default_factory=list)  # logs and on_stop, in order
     serials: itertools.count[int] = field(default_factory=itertools.count)
 
@@ -170,6 +174,7 @@ class ModelBot(UserActor):
         world, key = self.world, str(self.key)
         world.enter(key, "on_start")
         try:
+            await asyncio.sleep(0)  # a window for anything that would overlap
             if world.fail_starts[key] > 0:
                 world.fail_starts[key] -= 1
                 raise Boom("on_start")
@@ -202,35 +207,20 @@ class ModelBot(UserActor):
         world.enter(key, "on_stop")
         try:
             world.stream.append({"event": "on_stop", "key": key, "reason": reason})
+            await asyncio.sleep(0)  # a window for anything that would overlap
+            gate = world.stop_gate
+            if gate is not None:  # held until the `release_stops` rule: messages race the stop
+                world.hanging += 1
+                try:
+                    await gate.wait()
+                finally:
+                    world.hanging -= 1
             if world.fail_stops[key] > 0:
                 world.fail_stops[key] -= 1
                 raise StopBoom(reason)
         finally:
             world.leave(key)
-
-
-async def advance_busy(clock: FakeClock, seconds: float) -> None:
-    """`clock.advance()` that also works while a handler hangs.
-
-    `advance()` waits for quiescence after every timer, which a hung handler
-    prevents until its own timeout timer; each step here gets `SPINS` loop
-    turns and is then abandoned, and the next step goes on from there.
-    """
-    for _ in range(SPINS):
-        await asyncio.sleep(0)
-    target = clock.now() + seconds
-    while True:
-        step = asyncio.ensure_future(clock.advance(target - clock.now()))
-        for _ in range(SPINS):
-            if step.done():
-                step.result()
-                return
-            await asyncio.sleep(0)
-        step.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await step
-        if clock.now() >= target and not [t for t in clock.pending_timers() if t <= target]:
-            return
+            world.stream.append({"event": "on_stop_end", "key": key, "t": world.clock.now()})
 
 
 messages = st.tuples(
@@ -258,11 +248,14 @@ class RuntimeMachine(RuleBasedStateMachine):
         self.quiet = True
         self.max_restarts = 0
         self.max_retries = 0
+        self.jitter = 0.0
         self._seq = itertools.count()
         self._logs = capture_logs(processors=[self._stamp])
         self._logs.__enter__()
 
-    def _stamp(self, _logger: Any, _method: str, event: dict[str, Any]) -> dict[str, Any]:
+    def _stamp(
+        self, _logger: Any, _method: str, event: MutableMapping[str, Any]
+    ) -> MutableMapping[str, Any]:
         event["t"] = self.clock.now()
         if event.get("event") in {
             "actor_restart_scheduled",
@@ -297,14 +290,15 @@ class RuntimeMachine(RuleBasedStateMachine):
     ) -> None:
         self.max_restarts = max_restarts
         self.max_retries = max_retries
+        self.jitter = jitter
         policy = RestartPolicy(
             max_restarts=max_restarts,
             within=WITHIN,
-            backoff_min=0.5,
+            backoff_min=BACKOFF_MIN,
             backoff_factor=2.0,
-            backoff_max=2.0,
+            backoff_max=BACKOFF_MAX,
             jitter=jitter,
-            reset_after=5.0,
+            reset_after=RESET_AFTER,
             max_retries=max_retries,
             handler_timeout=HANDLER_TIMEOUT,
             park_for=park_for,
@@ -334,12 +328,13 @@ class RuntimeMachine(RuleBasedStateMachine):
             n = next(self.numbers)
             msg = Msg(n, key, kind, priority)
             self.world.msgs[n] = msg  # before the call: a drop is reported during it
-            options = {"priority": priority, "interrupt": interrupt, "clear": clear}
             if ask:
-                msg.future = rt.ask(key, (n, kind), **options)
+                msg.future = rt.ask(
+                    key, (n, kind), priority=priority, interrupt=interrupt, clear=clear
+                )
                 msg.future.add_done_callback(msg.record_ask)
             else:
-                rt.tell(key, (n, kind), **options)
+                rt.tell(key, (n, kind), priority=priority, interrupt=interrupt, clear=clear)
 
     @rule(key=st.sampled_from(KEYS), priority=st.integers(1, 3), ask=st.booleans())
     def interrupt(self, key: str, priority: int, ask: bool) -> None:
@@ -357,10 +352,27 @@ class RuntimeMachine(RuleBasedStateMachine):
         """The next `on_stop` of `key` raises."""
         self.world.fail_stops[key] += 1
 
+    @rule()
+    def hold_stops(self) -> None:
+        """From now on, `on_stop` waits (so that messages race idle stops and restarts)."""
+        if self.world.stop_gate is None:
+            self.world.stop_gate = asyncio.Event()
+
+    @rule()
+    def release_stops(self) -> None:
+        """Let the held `on_stop` calls return."""
+        self.run(self._release_stops())
+        self.settle()
+
+    async def _release_stops(self) -> None:
+        gate, self.world.stop_gate = self.world.stop_gate, None
+        if gate is not None:
+            gate.set()
+
     @rule(seconds=st.sampled_from([0.25, 0.5, 1.0, 2.0, 3.0, 5.0, 8.0]))
     def advance(self, seconds: float) -> None:
         """Jump virtual time (across backoffs, handler timeouts, idle timeouts)."""
-        self.run(advance_busy(self.clock, seconds))
+        self.run(self.clock.advance(seconds))
         self.settle()
 
     def settle(self) -> None:
@@ -369,14 +381,13 @@ class RuntimeMachine(RuleBasedStateMachine):
             self.world.violations.append("not quiet although no handler hangs")
 
     async def _settle(self) -> bool:
+        """Let the runtime run until every task is blocked; True if it is quiet (no hang)."""
         rt: Runtime = self.rt  # type: ignore[assignment]
-        for _ in range(SPINS):
-            await asyncio.sleep(0)
+        await wait_all_tasks_blocked()
         waiter = asyncio.ensure_future(rt.wait_idle())
-        for _ in range(2 * SPINS):
-            if waiter.done():
-                return True
-            await asyncio.sleep(0)
+        await wait_all_tasks_blocked()
+        if waiter.done():
+            return True
         waiter.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await waiter
@@ -459,20 +470,37 @@ class RuntimeMachine(RuleBasedStateMachine):
     @invariant()
     def restart_budget_and_backoff_are_honoured(self) -> None:
         """G7: per key, never more than `max_restarts` restarts within `within` (between
-        budget resets); gave up only with the budget spent; restarts at failure + delay."""
+        budget resets); gave up only with the budget spent; each delay is the exponential
+        backoff (first one, after `reset_after` quiet seconds or a reset: `backoff_min`;
+        then doubled, capped); the restart happens at exactly failure time + delay."""
         restarts: dict[str, list[float]] = defaultdict(list)  # since the last reset of any kind
         since_gave_up: dict[str, list[float]] = defaultdict(list)
         scheduled: dict[str, tuple[float, float]] = {}
+        last_plan: dict[str, float] = {}  # the policy's last_failure
+        previous: dict[str, float | None] = {}  # last delay; None: fresh state; absent: unknown
+        j = self.jitter
         for event in self.world.stream:
-            key, kind = event.get("key"), event["event"]
+            key, kind = str(event.get("key")), event["event"]
             if kind == "actor_restart_scheduled":
-                t = event["t"]
+                t, delay = event["t"], event["delay_s"]
                 assert event["restarts"] <= self.max_restarts, event
                 restarts[key].append(t)
                 since_gave_up[key].append(t)
                 recent = [r for r in restarts[key] if r > t - WITHIN]
                 assert len(recent) <= self.max_restarts, (key, recent)
-                scheduled[key] = (t, event["delay_s"])
+                assert BACKOFF_MIN * (1 - j) - 1e-6 <= delay <= BACKOFF_MAX + 1e-6, event
+                quiet = key not in last_plan or t - last_plan[key] >= RESET_AFTER
+                before = previous.get(key, 0.0)  # 0.0: unknown
+                if quiet or before is None:
+                    assert abs(delay - BACKOFF_MIN) <= BACKOFF_MIN * j + 1e-6, event
+                elif j == 0 and before:
+                    assert delay == min(2 * before, BACKOFF_MAX), (event, before)
+                previous[key] = delay
+                last_plan[key] = t
+                scheduled[key] = (t, delay)
+            elif kind == "on_stop_end" and key in scheduled:
+                t0, delay = scheduled[key]
+                scheduled[key] = (t0, max(delay, event["t"] - t0))  # a slow on_stop delays it
             elif kind == "actor_restarted":
                 t0, delay = scheduled.pop(key)
                 assert abs(event["t"] - (t0 + delay)) < 1e-6, (key, t0, delay, event["t"])
@@ -482,8 +510,11 @@ class RuntimeMachine(RuleBasedStateMachine):
                 assert len(recent) >= self.max_restarts, (key, recent, t)
                 restarts[key].clear()
                 since_gave_up[key].clear()
+                previous[key] = None
+                last_plan[key] = t
             elif kind == "on_stop" and event["reason"] in {"idle", "stopped"}:
                 restarts[key].clear()  # the entry may be released: a fresh budget
+                previous.pop(key, None)  # ... or not: the exponent is unknown
 
     # -- the end ----------------------------------------------------------------------------
 
@@ -508,15 +539,14 @@ class RuntimeMachine(RuleBasedStateMachine):
     async def _drain(self) -> None:
         """Advance virtual time until every message has an outcome (nothing is lost)."""
         rt: Runtime = self.rt  # type: ignore[assignment]
+        await self._release_stops()
         for _ in range(40):
             self.quiet = await self._settle()
             if self.quiet and self.world.hanging == 0 and rt.stats()["pending"] == 0:
                 return
-            await advance_busy(self.clock, 10.0)
+            await self.clock.advance(10.0)
         raise AssertionError(f"not drained: {rt.stats()}")
 
 
-RuntimeMachine.TestCase.settings = settings(
-    max_examples=40, stateful_step_count=25, deadline=None
-)
+RuntimeMachine.TestCase.settings = settings(max_examples=250, stateful_step_count=40, deadline=None)
 test_runtime_against_its_model = RuntimeMachine.TestCase
