@@ -206,12 +206,22 @@ class Cell(Mailbox):
         self.task = task
         self.host.task_started(task)
 
-    async def _start_hook(self) -> bool:
+    def _start_hook(self) -> bool:
+        """A plain `on_start` (or none): run it here, no coroutine needed."""
         actor: UserActor = self.actor  # type: ignore[assignment]
         try:
-            result = actor.on_start()
-            if actor._async_start:
-                await result
+            actor.on_start()
+        except Exception as exc:
+            self.state = SUSPENDED
+            self.host.cell_failed(self, "on_start", exc, None)
+            return False
+        self.state = RUNNING
+        return True
+
+    async def _start_hook_async(self) -> bool:
+        actor: UserActor = self.actor  # type: ignore[assignment]
+        try:
+            await actor.on_start()
         except Exception as exc:
             self.state = SUSPENDED
             self.host.cell_failed(self, "on_start", exc, None)
@@ -223,8 +233,12 @@ class Cell(Mailbox):
         """The burst: `on_start` if this is a new incarnation, then drain until empty."""
         task = self.task
         try:
-            if starting and not await self._start_hook():
-                return
+            if starting:
+                if self.actor._async_start:  # type: ignore[union-attr]
+                    if not await self._start_hook_async():
+                        return
+                elif not self._start_hook():
+                    return
             host = self.host
             mailbox = self.mailbox
             outcomes = host.outcomes
