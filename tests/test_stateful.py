@@ -513,8 +513,9 @@ class RuntimeMachine(RuleBasedStateMachine):
                 previous[key] = None
                 last_plan[key] = t
             elif kind == "on_stop" and event["reason"] in {"idle", "stopped"}:
-                restarts[key].clear()  # the entry may be released: a fresh budget
-                previous.pop(key, None)  # ... or not: the exponent is unknown
+                # A released key keeps its restart history (the budget holds across
+                # passivation); only the backoff exponent is not modelled across it.
+                previous.pop(key, None)
 
     # -- the end ----------------------------------------------------------------------------
 
