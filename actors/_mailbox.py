@@ -154,12 +154,6 @@ class Mailbox:
             raise LookupError(msg)
         return envelope
 
-    def top_priority(self) -> int | None:
-        """The priority of the message that would come out next, if any."""
-        if self._order:
-            return self._order[-1]
-        return 0 if self._head is not None else None
-
     def _take_lane0(self) -> list[Envelope]:
         taken: list[Envelope] = []
         if self._head is not None:

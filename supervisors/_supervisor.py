@@ -105,7 +105,6 @@ class SupervisorActor(LoopActor):
         # Idle cells, least recently idle first; stale entries are skipped lazily.
         self.idle: OrderedDict[str | int, Cell] = OrderedDict()
         self._sweep_timer: TimerHandle | None = None
-        self._sweep_at = 0.0
         self._sweep_queued = False
         self.stopping = 0  # incarnations whose on_stop is running
         self.closing = False  # set by the runtime's shutdown: no new incarnations
@@ -332,7 +331,6 @@ class SupervisorActor(LoopActor):
             self._arm_sweep(now + timeout)
 
     def _arm_sweep(self, when: float) -> None:
-        self._sweep_at = when
         self._sweep_timer = self.core.clock.call_at(when, self._sweep_due)
 
     def _sweep_due(self) -> None:
