@@ -87,6 +87,7 @@ class Cell(Mailbox):
     __slots__ = (
         "_cut",
         "actor",
+        "clear_mark",
         "ctx",
         "current",
         "host",
@@ -115,6 +116,7 @@ class Cell(Mailbox):
         self.policy_state: Any = None  # the supervisor's restart bookkeeping
         self.restart_at = 0.0  # when a restart in backoff is due
         self.restart_cancelled = False  # a failing on_stop("restart") escalated to STOP
+        self.clear_mark = -1  # highest clear priority seen while a failure awaits its verdict
         self.timer: TimerHandle | None = None  # backoff or cool-down, owned by the supervisor
         self._cut: str | None = None  # why the handler in flight is being cut short
 

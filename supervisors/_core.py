@@ -12,7 +12,7 @@ import asyncio
 from concurrent.futures import ThreadPoolExecutor
 from typing import TYPE_CHECKING, Any
 
-from actors._cell import PARKED
+from actors._cell import PARKED, SUSPENDED
 from actors._errors import InvalidKey, InvalidPriority, MailboxFull, RuntimeStopped
 from actors._mailbox import Envelope
 from supervisors._supervisor import Activate, ChildFailed
@@ -160,6 +160,8 @@ class _Core:
 
     def _clear_below(self, cell: Cell, priority: int) -> None:
         dropped = cell.mailbox.take_below(priority)
+        if cell.state is SUSPENDED:  # the failed message may come back for a retry
+            cell.clear_mark = max(cell.clear_mark, priority)
         self.pending -= len(dropped)
         for envelope in dropped:
             self.outcomes.on_dropped(cell.key, envelope, "cleared", envelope.attempt - 1)

@@ -36,13 +36,17 @@ class Submission(NamedTuple):
 class Ingress:
     """A multi-producer, single-consumer hand-off onto the loop thread."""
 
-    __slots__ = ("_consume", "_items", "_loop", "_scheduled")
+    __slots__ = ("_consume", "_drained", "_items", "_loop", "_scheduled")
 
     def __init__(
-        self, loop: asyncio.AbstractEventLoop, consume: Callable[[Submission], None]
+        self,
+        loop: asyncio.AbstractEventLoop,
+        consume: Callable[[Submission], None],
+        drained: Callable[[], None] | None = None,
     ) -> None:
         self._loop = loop
         self._consume = consume
+        self._drained = drained  # told after each batch (quiescence waiters re-check)
         self._items: deque[Submission] = deque()
         self._scheduled = False
 
@@ -65,6 +69,8 @@ class Ingress:
         consume = self._consume
         while items:
             consume(items.popleft())
+        if self._drained is not None:
+            self._drained()
 
     def take_all(self) -> list[Submission]:
         """Remove and return whatever is queued (shutdown)."""

@@ -210,7 +210,7 @@ class Runtime:
         core.supervisor._start_actor_loop()
         core.cells = core.registry.cells
         core.public_tell = self.tell
-        self._ingress = Ingress(loop, self._from_ingress)
+        self._ingress = Ingress(loop, self._from_ingress, core.notify)
         core.ingress_size = self._ingress.__len__
         self._core = core
         self._accept = core.accept
@@ -465,9 +465,15 @@ class Runtime:
         return self._on_loop(lambda: self._core.outcomes.dead_letters() if self._core else [])
 
     def redeliver(self, letter: DeadLetter) -> None:
-        """Send a dead letter's message to its key again (as a new `tell`) and forget the record."""
+        """Send a dead letter's message to its key again (as a new `tell`) and forget the record.
+
+        Raises:
+            ValueError: the letter is not (or no longer) retained, e.g. already redelivered.
+        """
+        if not self._on_loop(lambda: self._core.outcomes.forget(letter) if self._core else False):
+            msg = f"{letter!r} is not a retained dead letter (already redelivered?)"
+            raise ValueError(msg)
         self.tell(letter.key, letter.message, priority=letter.priority)
-        self._on_loop(lambda: self._core.outcomes.forget(letter) if self._core else False)
 
     def _on_loop(self, fn: Callable[[], _T]) -> _T:
         loop = self._loop

@@ -176,13 +176,17 @@ class SupervisorActor(LoopActor):
         )
         if directive is Directive.ESCALATE:
             directive = self._escalate(cell, error)
+        cleared_below, cell.clear_mark = cell.clear_mark, -1
         if envelope is not None:
-            if not self.closing and should_retry(self.policy, envelope.attempt, directive):
+            if self.closing or not should_retry(self.policy, envelope.attempt, directive):
+                core.outcomes.on_failed(cell.key, envelope, error)
+            elif envelope.priority < cleared_below:
+                # A clear arrived while this failure waited for us: no retry, it is cleared.
+                core.outcomes.on_dropped(cell.key, envelope, "cleared", envelope.attempt)
+            else:
                 envelope.attempt += 1
                 cell.mailbox.put_front(envelope)
                 core.pending += 1
-            else:
-                core.outcomes.on_failed(cell.key, envelope, error)
         if phase == "on_stop":
             if directive is Directive.STOP:
                 # The incarnation is ending anyway; STOP also cancels a restart it was for.
@@ -273,11 +277,12 @@ class SupervisorActor(LoopActor):
 
     def _on_stopped(self, message: ChildStopped) -> None:
         cell, reason = message
+        # The flag belongs to this stop only (its on_stop failure was handled just before).
+        cancelled, cell.restart_cancelled = cell.restart_cancelled, False
         if cell.state is CLOSED or self.closing:
             return
         core = self.core
-        if reason == "restart" and cell.restart_cancelled:
-            cell.restart_cancelled = False
+        if reason == "restart" and cancelled:
             cell.state = EMPTY
             reason = "stopped"
         if reason == "restart":
