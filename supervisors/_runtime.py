@@ -36,6 +36,7 @@ from actors._logging import debug_enabled, library_logger
 from actors._mailbox import Envelope
 from actors._outcomes import Outcomes
 from actors._registry import RegistryActor
+from actors._user_actor import UserActor
 from supervisors._core import _Core, check_key, check_priority
 from supervisors._ingress import Ingress, Submission
 from supervisors._policy import Directive, RestartPolicy
@@ -48,7 +49,6 @@ if TYPE_CHECKING:
 
     from actors._clock import Clock
     from actors._outcomes import DeadLetter
-    from actors._user_actor import UserActor
 
 __all__ = ["Runtime", "ShutdownSummary"]
 
@@ -120,6 +120,13 @@ class Runtime:
     ) -> None:
         if not callable(actor_factory):
             msg = f"actor_factory must be a UserActor subclass or a callable, got {actor_factory!r}"
+            raise TypeError(msg)
+        if (
+            isinstance(actor_factory, type)
+            and issubclass(actor_factory, UserActor)
+            and actor_factory.on_message is UserActor.on_message
+        ):
+            msg = f"{actor_factory.__name__} must implement on_message(message, ctx)"
             raise TypeError(msg)
         _positive_int("max_pending", max_pending)
         _positive_int("batch", batch)

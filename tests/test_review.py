@@ -14,25 +14,14 @@ import pytest
 
 from actors import Context, Dropped, HandlerTimeout, Interrupted, UserActor
 from actors.testing import FakeClock, wait_all_tasks_blocked
-from supervisors import Directive, RestartPolicy, Runtime
+from supervisors import Directive, Runtime
+from tests.helpers import policy
 
 
 class Boom(Exception):
     """The injected failure."""
 
 
-def policy(**overrides: Any) -> RestartPolicy:
-    options: dict[str, Any] = {
-        "max_restarts": 100,
-        "within": 1000.0,
-        "backoff_min": 1.0,
-        "backoff_factor": 2.0,
-        "backoff_max": 5.0,
-        "jitter": 0.0,
-        "reset_after": 1000.0,
-    }
-    options.update(overrides)
-    return RestartPolicy(**options)
 
 
 def ledger_ok(stats: dict[str, Any]) -> bool:

@@ -274,6 +274,15 @@ class TestBadInput:
         with pytest.raises(ValueError, match=option):
             Runtime(Recorder, **{option: value})
 
+    def test_actor_class_without_on_message_is_rejected_at_construction(self) -> None:
+        """A UserActor subclass that forgot on_message fails when the Runtime is built."""
+
+        class Forgetful(UserActor):
+            pass
+
+        with pytest.raises(TypeError, match="Forgetful must implement on_message"):
+            Runtime(Forgetful)
+
     def test_factory_must_be_callable(self) -> None:
         """A non-callable factory is a TypeError at construction."""
         with pytest.raises(TypeError, match="actor_factory"):

@@ -20,7 +20,8 @@ from structlog.testing import capture_logs
 
 from actors import Context, Dropped, HandlerTimeout, UserActor
 from actors.testing import FakeClock
-from supervisors import Directive, RestartPolicy, Runtime
+from supervisors import Directive, Runtime
+from tests.helpers import policy
 
 EPS = 0.25  # exactly representable, so virtual times compare exactly
 
@@ -97,19 +98,6 @@ def probes(journal: Journal, cls: type[Probe] = Probe) -> Callable[[str | int], 
     return lambda key: cls(key, journal)
 
 
-def policy(**overrides: Any) -> RestartPolicy:
-    """A deterministic policy: 1 s, 2 s, 4 s, 5 s (cap) backoff, no jitter."""
-    options: dict[str, Any] = {
-        "max_restarts": 100,
-        "within": 1000.0,
-        "backoff_min": 1.0,
-        "backoff_factor": 2.0,
-        "backoff_max": 5.0,
-        "jitter": 0.0,
-        "reset_after": 1000.0,
-    }
-    options.update(overrides)
-    return RestartPolicy(**options)
 
 
 def named(logs: Sequence[MutableMapping[str, Any]], event: str) -> list[MutableMapping[str, Any]]:
