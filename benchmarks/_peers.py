@@ -28,7 +28,7 @@ from __future__ import annotations
 import abc
 import asyncio
 from collections import deque
-from collections.abc import Awaitable, Callable, Hashable
+from collections.abc import Awaitable, Callable, Hashable, Iterable
 from typing import Any, ClassVar
 
 Key = Hashable
@@ -229,9 +229,15 @@ class AsyncioQueuePeer(Peer):
     async def close(self) -> None:
         tasks = [u.task for u in self._users.values() if u.task is not None]
         self._users.clear()
-        for task in tasks:
-            task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
+        await _cancel_all(tasks)
+
+
+async def _cancel_all(tasks: Iterable[asyncio.Task[None]]) -> None:
+    """Cancel the tasks and wait until each has ended."""
+    pending = list(tasks)
+    for task in pending:
+        task.cancel()
+    await asyncio.gather(*pending, return_exceptions=True)
 
 
 class _PromiseUser:
@@ -303,10 +309,7 @@ class PromiseQueuePeer(Peer):
         return len(self._users)
 
     async def close(self) -> None:
-        tasks = list(self._tasks)
-        for task in tasks:
-            task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
+        await _cancel_all(self._tasks)
         for user in self._users.values():
             for _, fut in user.items:
                 fut.cancel()
@@ -397,8 +400,5 @@ class LockPeer(Peer):
         return len(self._users)
 
     async def close(self) -> None:
-        tasks = list(self._tasks)
-        for task in tasks:
-            task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
+        await _cancel_all(self._tasks)
         self._users.clear()
