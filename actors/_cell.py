@@ -14,9 +14,12 @@ States and who moves a cell between them::
     IDLE/SUSPENDED --stop()--> STOPPING --on_stop done--> EMPTY (or CLOSED)
     any --(supervisor) park()--> PARKED --unpark()--> EMPTY
 
-A burst is one task that runs `on_start` if needed, then drains the mailbox
-until it is empty, yielding to other cells every `batch` messages (fairness,
-P5). An idle cell has no task at all, so an idle user costs a few slots.
+A burst is one task (`actors._burst.drain`) that runs `on_start` if needed,
+then drains the mailbox until it is empty, yielding to other cells every
+`batch` messages (fairness, P5). An idle cell has no task at all, so an idle
+user costs a few slots. The burst coroutine only awaits; what happens before
+and after each handler (`take`, `finish`, `cancelled`, `failed`) is here, in
+plain methods, which is what lets this module be compiled (see `setup.py`).
 """
 
 from __future__ import annotations
@@ -25,9 +28,10 @@ import asyncio
 from collections import deque
 from typing import TYPE_CHECKING, Any, Protocol
 
+from actors._burst import drain, stop_async
 from actors._errors import HandlerTimeout
 from actors._mailbox import Mailbox
-from actors._user_actor import HANDLER_ASYNC, HANDLER_SYNC, Context
+from actors._user_actor import HANDLER_ASYNC, Context
 
 if TYPE_CHECKING:
     from concurrent.futures import Executor
@@ -86,6 +90,8 @@ class Cell(Mailbox):
 
     __slots__ = (
         "_cut",
+        "_started",
+        "_timer",
         "actor",
         "clear_mark",
         "ctx",
@@ -119,6 +125,8 @@ class Cell(Mailbox):
         self.clear_mark = -1  # highest clear priority seen while a failure awaits its verdict
         self.timer: TimerHandle | None = None  # backoff or cool-down, owned by the supervisor
         self._cut: str | None = None  # why the handler in flight is being cut short
+        self._started = 0.0  # when the handler in flight started
+        self._timer: TimerHandle | None = None  # its handler_timeout
 
     def __repr__(self) -> str:
         return f"<Cell {self.key!r} {self.state} waiting={self._size}>"
@@ -184,7 +192,7 @@ class Cell(Mailbox):
         self.state = STOPPING
         actor = self.actor
         if actor is not None and actor._async_stop:
-            task = self.host.loop.create_task(self._stop_async(actor, reason))
+            task = self.host.loop.create_task(stop_async(self, actor, reason))
             self.task = task
             self.host.task_started(task)
             return
@@ -193,7 +201,7 @@ class Cell(Mailbox):
                 actor.on_stop(reason)
             except Exception as exc:  # reported, and the stop goes on
                 self.host.cell_failed(self, "on_stop", exc, None)
-        self._stopped(actor, reason)
+        self.stopped(actor, reason)
 
     def cancel(self) -> None:
         """Cancel the task in flight (shutdown). The message in flight ends interrupted."""
@@ -201,134 +209,129 @@ class Cell(Mailbox):
             self.task.cancel()
 
     # -- the burst ------------------------------------------------------------------
+    #
+    # The coroutine that awaits handlers lives in `actors._burst` (kept interpreted);
+    # everything it does around each await is one of the plain methods below.
 
     def _begin(self, state: str) -> None:
         self.state = state
-        task = self.host.loop.create_task(self._drain(state is STARTING))
+        task = self.host.loop.create_task(drain(self, state is STARTING))
         self.task = task
         self.host.task_started(task)
 
-    def _start_hook(self) -> bool:
+    def start_hook(self) -> bool:
         """A plain `on_start` (or none): run it here, no coroutine needed."""
         actor: UserActor = self.actor  # type: ignore[assignment]
         try:
             actor.on_start()
         except Exception as exc:
-            self.state = SUSPENDED
-            self.host.cell_failed(self, "on_start", exc, None)
+            self.start_failed(exc)
             return False
         self.state = RUNNING
         return True
 
-    async def _start_hook_async(self) -> bool:
-        actor: UserActor = self.actor  # type: ignore[assignment]
-        try:
-            await actor.on_start()
-        except Exception as exc:
-            self.state = SUSPENDED
-            self.host.cell_failed(self, "on_start", exc, None)
-            return False
+    def start_succeeded(self) -> None:
         self.state = RUNNING
+
+    def start_failed(self, error: BaseException) -> None:
+        self.state = SUSPENDED
+        self.host.cell_failed(self, "on_start", error, None)
+
+    def take(self) -> Envelope | None:
+        """The next envelope to handle, now in flight; `None` ends the burst.
+
+        `None` when the cell stopped running (a failure, a stop), or when the
+        mailbox is empty: then the cell goes idle.
+        """
+        if self.state is not RUNNING:
+            return None
+        envelope = self.pop()
+        host = self.host
+        if envelope is None:
+            self.state = IDLE
+            host.cell_idle(self)
+            return None
+        host.pending -= 1
+        self.current = envelope
+        started = self._started = host.now()
+        timeout = host.handler_timeout
+        if timeout is not None:
+            self._timer = host.clock.call_at(started + timeout, self._cut_short, "timeout")
+        return envelope
+
+    def finish(self, envelope: Envelope, result: Any) -> bool:
+        """The handler returned: settle the outcome. False ends the burst (a timeout)."""
+        self._disarm()
+        host = self.host
+        started = self._started
+        ran = host.now() - started
+        host.outcomes.latency.record(started - envelope.accepted_at, ran)
+        self.current = None
+        cut = self._cut
+        timeout = host.handler_timeout
+        if cut is None and timeout is not None and ran > timeout:
+            # A plain handler on the loop blocks the timer itself: judge it on return.
+            cut = self._cut = "timeout"
+        if cut is None:
+            host.outcomes.handled += 1
+            if envelope.reply_to is not None:
+                envelope.reply_to.set(result)
+            if host.trace:
+                self._trace(envelope, started, ran)
+            return True
+        self._uncancel()
+        if cut == "interrupt":
+            self._cut = None
+            self.ctx.interrupted = False  # type: ignore[union-attr]
+            host.outcomes.on_interrupted(self.key, envelope, "interrupt")
+            return True
+        self._fail(envelope, HandlerTimeout(self.key, timeout))  # type: ignore[arg-type]
+        return False
+
+    def cancelled(self, envelope: Envelope) -> bool:
+        """The handler saw `CancelledError`: True if it came from outside (re-raise it).
+
+        An interrupt or a timeout cancels the task too; those are this cell's own
+        (`_cut`) and end in `finish`. A shutdown's cancel ends the message interrupted,
+        unless the shutdown already gave up on it and resolved it.
+        """
+        if self._cut is not None and self._uncancel() == 0:
+            return False
+        self._disarm()
+        if self.current is envelope:
+            self.current = None
+            self.host.outcomes.on_interrupted(self.key, envelope, "shutdown")
+        self._cut = None
         return True
 
-    async def _drain(self, starting: bool) -> None:
-        """The burst: `on_start` if this is a new incarnation, then drain until empty."""
-        task = self.task
-        try:
-            if starting:
-                if self.actor._async_start:  # type: ignore[union-attr]
-                    if not await self._start_hook_async():
-                        return
-                elif not self._start_hook():
-                    return
-            host = self.host
-            mailbox = self.mailbox
-            outcomes = host.outcomes
-            record = outcomes.latency.record
-            now = host.now
-            actor: UserActor = self.actor  # type: ignore[assignment]
-            ctx: Context = self.ctx  # type: ignore[assignment]
-            handler = actor.on_message
-            mode = actor._handler_mode
-            is_async = mode == HANDLER_ASYNC
-            timeout = host.handler_timeout
-            budget = host.batch
-            pop = mailbox.pop
-            while self.state is RUNNING:
-                envelope = pop()
-                if envelope is None:
-                    self.state = IDLE
-                    host.cell_idle(self)
-                    return
-                host.pending -= 1
-                started = now()
-                self.current = envelope
-                timer = (
-                    None
-                    if timeout is None
-                    else host.clock.call_at(started + timeout, self._cut_short, "timeout")
-                )
-                try:
-                    if is_async:
-                        result = await handler(envelope.message, ctx)
-                    elif mode == HANDLER_SYNC:
-                        result = handler(envelope.message, ctx)
-                    else:
-                        result = await self._in_thread(handler, envelope.message, ctx)
-                except asyncio.CancelledError:
-                    if self._cut is None or self._uncancel() > 0:
-                        # Cancelled from outside (shutdown): the message ends interrupted,
-                        # unless the shutdown already gave up on it and resolved it.
-                        if self.current is envelope:
-                            self.current = None
-                            outcomes.on_interrupted(self.key, envelope, "shutdown")
-                        self._cut = None
-                        raise
-                    result = None
-                except Exception as error:
-                    timed_out = self._cut == "timeout"
-                    self._fail(envelope, HandlerTimeout(self.key, timeout) if timed_out else error)  # type: ignore[arg-type]
-                    return
-                finally:
-                    if timer is not None:
-                        timer.cancel()
-                ran = now() - started
-                record(started - envelope.accepted_at, ran)
-                self.current = None
-                cut = self._cut
-                if cut is None and timeout is not None and ran > timeout:
-                    # A plain handler on the loop blocks the timer itself: judge it on return.
-                    cut = self._cut = "timeout"
-                if cut is None:
-                    outcomes.handled += 1
-                    if envelope.reply_to is not None:
-                        envelope.reply_to.set(result)
-                    if host.trace:
-                        host.log.debug(
-                            "message_handled",
-                            key=self.key,
-                            priority=envelope.priority,
-                            wait_ms=round((started - envelope.accepted_at) * 1000, 3),
-                            run_ms=round(ran * 1000, 3),
-                            depth=len(mailbox),
-                        )
-                elif cut == "interrupt":
-                    self._cut = None
-                    ctx.interrupted = False
-                    self._uncancel()
-                    outcomes.on_interrupted(self.key, envelope, "interrupt")
-                else:
-                    self._uncancel()
-                    self._fail(envelope, HandlerTimeout(self.key, timeout))  # type: ignore[arg-type]
-                    return
-                budget -= 1
-                if budget == 0:
-                    budget = host.batch
-                    await asyncio.sleep(0)
-        finally:
-            if self.task is task:
-                self.task = None
-            self.host.task_finished(task)  # type: ignore[arg-type]
+    def failed(self, envelope: Envelope, error: BaseException) -> None:
+        """The handler raised: report it (a timeout's cancellation becomes `HandlerTimeout`)."""
+        self._disarm()
+        if self._cut == "timeout":
+            error = HandlerTimeout(self.key, self.host.handler_timeout)  # type: ignore[arg-type]
+        self._fail(envelope, error)
+
+    def burst_ended(self, task: asyncio.Task[None] | None) -> None:
+        self._disarm()
+        if self.task is task:
+            self.task = None
+        self.host.task_finished(task)  # type: ignore[arg-type]
+
+    def _disarm(self) -> None:
+        timer = self._timer
+        if timer is not None:
+            self._timer = None
+            timer.cancel()
+
+    def _trace(self, envelope: Envelope, started: float, ran: float) -> None:
+        self.host.log.debug(
+            "message_handled",
+            key=self.key,
+            priority=envelope.priority,
+            wait_ms=round((started - envelope.accepted_at) * 1000, 3),
+            run_ms=round(ran * 1000, 3),
+            depth=self._size,
+        )
 
     def _fail(self, envelope: Envelope, error: BaseException) -> None:
         self.current = None
@@ -337,20 +340,6 @@ class Cell(Mailbox):
             self.ctx.interrupted = False
         self.state = SUSPENDED
         self.host.cell_failed(self, "on_message", error, envelope)
-
-    async def _in_thread(self, handler: Any, message: Any, ctx: Context) -> Any:
-        """Run a blocking handler in the pool; never leave it running behind our back (G2)."""
-        future = self.host.loop.run_in_executor(self.host.executor(), handler, message, ctx)
-        try:
-            return await asyncio.shield(future)
-        except asyncio.CancelledError:
-            ctx.interrupted = True
-            while not future.done():
-                try:
-                    await asyncio.wait((future,))
-                except asyncio.CancelledError:
-                    continue
-            raise
 
     def _cut_short(self, why: str) -> None:
         """Ask the handler in flight to stop: cancel it if async, flag it in any case."""
@@ -378,19 +367,7 @@ class Cell(Mailbox):
 
     # -- ending an incarnation ------------------------------------------------------
 
-    async def _stop_async(self, actor: UserActor, reason: str) -> None:
-        task = self.task
-        try:
-            await actor.on_stop(reason)
-        except Exception as exc:  # reported, and the stop goes on
-            self.host.cell_failed(self, "on_stop", exc, None)
-        finally:
-            if self.task is task:
-                self.task = None
-            self.host.task_finished(task)  # type: ignore[arg-type]
-            self._stopped(actor, reason)
-
-    def _stopped(self, actor: UserActor | None, reason: str) -> None:
+    def stopped(self, actor: UserActor | None, reason: str) -> None:
         if actor is not None:
             flag = getattr(actor, "_actor_stopped", None)  # only if someone asked for it
             if flag is not None:

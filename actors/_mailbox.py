@@ -14,22 +14,23 @@ from bisect import insort
 from collections import deque
 from typing import TYPE_CHECKING, Any
 
-from pykka._envelope import Envelope as _PykkaEnvelope
-
 if TYPE_CHECKING:
     from pykka import Future
+    from pykka._envelope import Envelope as PykkaEnvelope
 
 __all__ = ["Envelope", "Mailbox"]
 
 
-class Envelope(_PykkaEnvelope[Any]):
+class Envelope:
     """A message plus what the runtime needs to deliver it.
 
-    A pykka `Envelope` (message, reply_to) with the priority, the acceptance
-    time (for wait latency) and the attempt number (for retries).
+    pykka's envelope fields (`message`, `reply_to`) with the priority, the
+    acceptance time (for wait latency) and the attempt number (for retries).
+    Not a subclass of pykka's `Envelope`, which is generic: a compiled class
+    cannot extend it (see `setup.py`), and nothing in pykka checks the type.
     """
 
-    __slots__ = ("accepted_at", "attempt", "priority")
+    __slots__ = ("accepted_at", "attempt", "message", "priority", "reply_to")
 
     def __init__(
         self,
@@ -79,7 +80,7 @@ class Mailbox:
         """Return whether nothing waits (pykka's `ActorInbox.empty`)."""
         return self._size == 0
 
-    def put(self, envelope: _PykkaEnvelope[Any]) -> None:
+    def put(self, envelope: Envelope | PykkaEnvelope[Any]) -> None:
         """Append an envelope to the end of its priority lane (pykka's `ActorInbox.put`).
 
         A plain pykka envelope (from `ActorRef.tell`) is carried at priority 0.

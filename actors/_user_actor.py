@@ -19,7 +19,7 @@ What happens when, for one incarnation:
 from __future__ import annotations
 
 import inspect
-from typing import TYPE_CHECKING, Any, ClassVar, Protocol, TypeAlias
+from typing import TYPE_CHECKING, Any, ClassVar, Protocol, TypeAlias, cast
 
 import pykka
 import structlog
@@ -142,7 +142,8 @@ class UserActor(_ActorBase):
 
     @staticmethod
     def _create_actor_inbox() -> ActorInbox:
-        return Mailbox()
+        # Duck-typed: pykka reads only `message` and `reply_to` of what `get` returns.
+        return cast("ActorInbox", Mailbox())
 
     @staticmethod
     def _create_future() -> pykka.Future[Any]:

@@ -1,0 +1,106 @@
+"""The coroutines of a cell: the burst that drains a mailbox, an async `on_stop`.
+
+A *burst* is one task per cell that runs an `async def on_start` if this is a
+new incarnation, then takes envelopes one at a time (`Cell.take`), awaits the
+handler and settles the outcome (`Cell.finish`), until the mailbox is empty
+or the cell stops running; every `batch` messages it yields to other cells
+(fairness, P5).
+
+Only the awaiting lives here; every decision around it is a plain method of
+`Cell`. This module is deliberately never compiled (see `setup.py`): the
+cancellation of a handler (interrupt, timeout, shutdown) is delivered into
+these coroutines, and CPython's own coroutines are the ones whose exception
+handling across `await` is beyond doubt.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import TYPE_CHECKING, Any
+
+from actors._user_actor import HANDLER_ASYNC, HANDLER_SYNC
+
+if TYPE_CHECKING:
+    from actors._cell import Cell
+    from actors._user_actor import Context, UserActor
+
+__all__ = ["drain", "in_thread", "stop_async"]
+
+
+async def drain(cell: Cell, starting: bool) -> None:
+    """The burst: `on_start` if `starting`, then handle what waits until `take` says stop."""
+    task = cell.task
+    try:
+        if starting and not await _start(cell):
+            return
+        actor: UserActor = cell.actor  # type: ignore[assignment]
+        ctx: Context = cell.ctx  # type: ignore[assignment]
+        handler = actor.on_message
+        mode = actor._handler_mode
+        take = cell.take
+        finish = cell.finish
+        batch = budget = cell.host.batch
+        while (envelope := take()) is not None:
+            try:
+                if mode == HANDLER_ASYNC:
+                    result = await handler(envelope.message, ctx)
+                elif mode == HANDLER_SYNC:
+                    result = handler(envelope.message, ctx)
+                else:
+                    result = await in_thread(cell, handler, envelope.message, ctx)
+            except asyncio.CancelledError:
+                if cell.cancelled(envelope):
+                    raise
+                result = None
+            except Exception as error:
+                cell.failed(envelope, error)
+                return
+            if not finish(envelope, result):
+                return
+            budget -= 1
+            if budget == 0:
+                budget = batch
+                await asyncio.sleep(0)
+    finally:
+        cell.burst_ended(task)
+
+
+async def _start(cell: Cell) -> bool:
+    actor: UserActor = cell.actor  # type: ignore[assignment]
+    if not actor._async_start:
+        return cell.start_hook()
+    try:
+        await actor.on_start()
+    except Exception as exc:
+        cell.start_failed(exc)
+        return False
+    cell.start_succeeded()
+    return True
+
+
+async def in_thread(cell: Cell, handler: Any, message: Any, ctx: Context) -> Any:
+    """Run a blocking handler in the pool; never leave it running behind our back (G2)."""
+    host = cell.host
+    future = host.loop.run_in_executor(host.executor(), handler, message, ctx)
+    try:
+        return await asyncio.shield(future)
+    except asyncio.CancelledError:
+        ctx.interrupted = True
+        while not future.done():
+            try:
+                await asyncio.wait((future,))
+            except asyncio.CancelledError:
+                continue
+        raise
+
+
+async def stop_async(cell: Cell, actor: UserActor, reason: str) -> None:
+    """An `async def on_stop(reason)`, in a task of its own; then the cell is told."""
+    task = cell.task
+    try:
+        await actor.on_stop(reason)
+    except Exception as exc:  # reported, and the stop goes on
+        cell.host.cell_failed(cell, "on_stop", exc, None)
+    finally:
+        cell.burst_ended(task)
+        cell.stopped(actor, reason)
