@@ -3,7 +3,12 @@
 Users subclass `UserActor`, implement `on_message(message, ctx)` and hand the
 class to `supervisors.Runtime`. The errors below are what the runtime's calls
 and ask futures raise.
+
+`COMPILED` tells whether the per-message path (mailbox, cell, router) runs
+as C extensions built by mypyc, or as the identical pure-Python code.
 """
+
+from actors import _cell
 
 from actors._clock import Clock, LoopClock
 from actors._errors import (
@@ -21,8 +26,12 @@ from actors._future import LoopFuture
 from actors._outcomes import DeadLetter
 from actors._user_actor import Context, UserActor
 
+#: True when the per-message path was compiled by mypyc at install time (see setup.py).
+COMPILED: bool = not _cell.__file__.endswith(".py")
+
 __all__ = [
     "BlockingOnLoop",
+    "COMPILED",
     "Clock",
     "Context",
     "DeadLetter",

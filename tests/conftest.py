@@ -11,7 +11,17 @@ import pytest
 import structlog
 from hypothesis import HealthCheck, settings
 
+import actors
 from actors.testing import FakeClock
+
+if os.environ.get("INORDER_EXPECT_COMPILED") and not actors.COMPILED:
+    # `make pytest-compiled` must never pass by quietly testing the pure-Python sources.
+    raise RuntimeError(f"expected the mypyc-compiled package, imported {actors.__file__}")
+
+
+def pytest_report_header() -> str:
+    kind = "compiled by mypyc" if actors.COMPILED else "pure Python"
+    return f"inorder: {kind}, from {os.path.dirname(actors.__file__ or '')}"
 
 settings.register_profile(
     "default",
