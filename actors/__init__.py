@@ -9,7 +9,6 @@ as C extensions built by mypyc, or as the identical pure-Python code.
 """
 
 from actors import _cell
-
 from actors._clock import Clock, LoopClock
 from actors._errors import (
     BlockingOnLoop,
@@ -30,8 +29,8 @@ from actors._user_actor import Context, UserActor
 COMPILED: bool = not _cell.__file__.endswith(".py")
 
 __all__ = [
-    "BlockingOnLoop",
     "COMPILED",
+    "BlockingOnLoop",
     "Clock",
     "Context",
     "DeadLetter",
