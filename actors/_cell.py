@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import asyncio
 from collections import deque
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any
 
 from actors._burst import drain, stop_async
 from actors._errors import HandlerTimeout
@@ -34,6 +34,7 @@ from actors._mailbox import Mailbox
 from actors._user_actor import HANDLER_ASYNC, Context
 
 if TYPE_CHECKING:
+    from collections.abc import Callable
     from concurrent.futures import Executor
 
     from actors._clock import Clock, TimerHandle
@@ -54,8 +55,13 @@ PARKED = "parked"
 CLOSED = "closed"
 
 
-class Host(Protocol):
-    """What a cell needs from the runtime around it."""
+class Host:
+    """What a cell needs from the runtime around it: the base class of the router.
+
+    A class rather than a `Protocol` so that, compiled, a cell reaches its
+    host's fields and methods directly instead of by name (setup.py). The
+    runtime's `supervisors._core._Core` is the one implementation.
+    """
 
     loop: asyncio.AbstractEventLoop
     clock: Clock
@@ -66,19 +72,36 @@ class Host(Protocol):
     log: Any
     pending: int
     live: int
+    now: Callable[[], float]
 
-    def now(self) -> float: ...
-    def executor(self) -> Executor: ...
-    def tell(self, key: str | int, message: Any, **options: Any) -> None: ...
-    def task_started(self, task: asyncio.Task[None]) -> None: ...
-    def task_finished(self, task: asyncio.Task[None]) -> None: ...
-    def request_activation(self, cell: Cell) -> None: ...
-    def cell_idle(self, cell: Cell) -> None: ...
+    def executor(self) -> Executor:
+        raise NotImplementedError
+
+    def tell(self, key: str | int, message: Any, **options: Any) -> None:
+        raise NotImplementedError
+
+    def task_started(self, task: asyncio.Task[None]) -> None:
+        raise NotImplementedError
+
+    def task_finished(self, task: asyncio.Task[None]) -> None:
+        raise NotImplementedError
+
+    def request_activation(self, cell: Cell) -> None:
+        raise NotImplementedError
+
+    def cell_idle(self, cell: Cell) -> None:
+        raise NotImplementedError
+
     def cell_failed(
         self, cell: Cell, phase: str, error: BaseException, envelope: Envelope | None
-    ) -> None: ...
-    def cell_stopped(self, cell: Cell, reason: str) -> None: ...
-    def notify(self) -> None: ...
+    ) -> None:
+        raise NotImplementedError
+
+    def cell_stopped(self, cell: Cell, reason: str) -> None:
+        raise NotImplementedError
+
+    def notify(self) -> None:
+        raise NotImplementedError
 
 
 class Cell(Mailbox):

@@ -7,10 +7,11 @@ cool-downs) goes through a `Clock`, so tests can replace real time with
 
 from __future__ import annotations
 
+import asyncio
+import time
 from typing import TYPE_CHECKING, Any, Protocol, final
 
 if TYPE_CHECKING:
-    import asyncio
     from collections.abc import Callable
 
 __all__ = ["Clock", "LoopClock", "TimerHandle"]
@@ -38,13 +39,16 @@ class Clock(Protocol):
 class LoopClock:
     """The production clock: the asyncio loop's own time and timers."""
 
-    __slots__ = ("_loop",)
+    __slots__ = ("_loop", "now")
 
     def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
         self._loop = loop
-
-    def now(self) -> float:
-        return self._loop.time()
+        # `now()` is the loop's `time()`. asyncio's own loops read `time.monotonic`:
+        # then call it directly, two Python frames less per reading (the router and
+        # the drain read the time three times per message).
+        self.now: Callable[[], float] = (
+            time.monotonic if type(loop).time is asyncio.BaseEventLoop.time else loop.time
+        )
 
     def call_at(self, when: float, callback: Callable[..., Any], *args: Any) -> TimerHandle:
         return self._loop.call_at(when, callback, *args)

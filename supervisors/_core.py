@@ -12,7 +12,7 @@ import asyncio
 from concurrent.futures import ThreadPoolExecutor
 from typing import TYPE_CHECKING, Any
 
-from actors._cell import PARKED, SUSPENDED
+from actors._cell import PARKED, SUSPENDED, Host
 from actors._errors import InvalidKey, InvalidPriority, MailboxFull, RuntimeStopped
 from actors._mailbox import Envelope
 from supervisors._supervisor import Activate, ChildFailed
@@ -43,7 +43,7 @@ def check_priority(priority: Any) -> None:
         raise InvalidPriority(priority)
 
 
-class _Core:
+class _Core(Host):
     """Router, counters and cell host of one running runtime (loop thread only)."""
 
     def __init__(

@@ -207,10 +207,6 @@ class Runtime:
             batch=opts["batch"],
             max_workers=opts["max_workers"],
         )
-        if isinstance(clock, LoopClock) and type(loop).time is asyncio.BaseEventLoop.time:
-            # What the stock loop's time() returns, one call less per read; a loop with a
-            # clock of its own (uvloop) keeps clock.now, so timers and stamps agree.
-            core.now = time.monotonic
         core.registry = RegistryActor(core)
         core.supervisor = SupervisorActor(core)
         core.registry._start_actor_loop()
