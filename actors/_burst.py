@@ -31,9 +31,11 @@ async def drain(cell: Cell, starting: bool) -> None:
     """The burst: `on_start` if `starting`, then handle what waits until `take` says stop."""
     task = cell.task
     try:
-        if starting and not await _start(cell):
-            return
         actor: UserActor = cell.actor  # type: ignore[assignment]
+        if starting and not (
+            await _start_async(cell, actor) if actor._async_start else cell.start_hook()
+        ):
+            return
         ctx: Context = cell.ctx  # type: ignore[assignment]
         handler = actor.on_message
         mode = actor._handler_mode
@@ -65,10 +67,8 @@ async def drain(cell: Cell, starting: bool) -> None:
         cell.burst_ended(task)
 
 
-async def _start(cell: Cell) -> bool:
-    actor: UserActor = cell.actor  # type: ignore[assignment]
-    if not actor._async_start:
-        return cell.start_hook()
+async def _start_async(cell: Cell, actor: UserActor) -> bool:
+    # Only for an `async def on_start`: a plain one runs in `Cell.start_hook`, no coroutine.
     try:
         await actor.on_start()
     except Exception as exc:

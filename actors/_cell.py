@@ -195,7 +195,7 @@ class Cell(Mailbox):
         """Begin a new incarnation: `on_start`, then drain what waits."""
         self.actor = actor
         self.incarnation += 1
-        self.ctx = Context(self, self.host.tell)
+        self.ctx = Context(self)
         self.host.live += 1
         self._begin(STARTING)
 

@@ -173,7 +173,11 @@ class UserActor(_ActorBase):
 
 
 class _Holder(Protocol):
+    """The cell, as its context sees it."""
+
+    key: str | int
     current: Any
+    host: Any  # has `tell(key, message, **options)`
 
 
 class Context:
@@ -184,16 +188,17 @@ class Context:
     handled, so read them during the call, not later.
     """
 
-    __slots__ = ("_cell", "_log", "_tell", "interrupted", "key")
+    __slots__ = ("_cell", "_log", "interrupted", "key")
 
-    def __init__(self, cell: _Holder, tell: Callable[..., None]) -> None:
+    def __init__(self, cell: _Holder) -> None:
+        # Three objects per live actor (cell, actor, context): no bound method kept here,
+        # `tell` finds the runtime through the cell when it is called.
         self._cell = cell
-        self.key: str | int = cell.key  # type: ignore[attr-defined]
+        self.key: str | int = cell.key
         """The user key."""
         self.interrupted = False
         """True once an interrupting message (or a timeout, or a shutdown) asks the
         handler to stop. Async handlers are cancelled anyway; blocking ones should check it."""
-        self._tell = tell
         self._log: Any = None
 
     @property
@@ -225,7 +230,7 @@ class Context:
         clear: bool = False,
     ) -> None:
         """Send a message to another user (or this one), like `Runtime.tell`."""
-        self._tell(key, message, priority=priority, interrupt=interrupt, clear=clear)
+        self._cell.host.tell(key, message, priority=priority, interrupt=interrupt, clear=clear)
 
     def __repr__(self) -> str:
         return f"<Context key={self.key!r} priority={self.priority} attempt={self.attempt}>"

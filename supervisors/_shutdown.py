@@ -48,7 +48,7 @@ async def shutdown(
     for item in ingress.take_all():
         accept_late(item, force=True)
     drained = await _drain(core, timeout) if drain else core.pending == 0
-    core.supervisor.closing = True
+    core.supervisor.close()
     interrupted_before = core.outcomes.interrupted
     dropped = _drop_everything(core, ingress)
     await _settle_tasks(core, max(_GRACE, timeout - (time.monotonic() - started)))

@@ -335,7 +335,20 @@ class SupervisorActor(LoopActor):
         elif timeout is not None and self._sweep_timer is None:
             self._arm_sweep(now + timeout)
 
+    def close(self) -> None:
+        """The runtime is shutting down: no new incarnations, no idle sweep pending.
+
+        The sweep timer is cancelled rather than left to fire on a stopped runtime
+        (the loop would keep the whole runtime alive until then).
+        """
+        self.closing = True
+        if self._sweep_timer is not None:
+            self._sweep_timer.cancel()
+            self._sweep_timer = None
+
     def _arm_sweep(self, when: float) -> None:
+        if self.closing:
+            return
         self._sweep_timer = self.core.clock.call_at(when, self._sweep_due)
 
     def _sweep_due(self) -> None:
