@@ -182,3 +182,15 @@ async def test_peer_releases_idle_users(peer_cls: Any) -> None:
                 break
             await asyncio.sleep(0.01)
         assert peer.live() == 0
+
+
+async def test_floor_script_measures_the_floor_and_promise_queue() -> None:
+    """benchmarks.floor (the harness with no runtime at all) runs and reports sane rates."""
+    from benchmarks.floor import measure
+
+    results = await measure(users=10, messages=2_000, repeat=1)
+
+    assert set(results) == {"p1_tell", "p2_ask"}
+    for rates in results.values():
+        assert set(rates) == {"floor", "promise-queue"}
+        assert all(rate > 0 and math.isfinite(rate) for rate in rates.values())
