@@ -25,6 +25,7 @@ from setuptools import setup
 COMPILED = [
     "actors/_mailbox.py",
     "actors/_cell.py",
+    "actors/_latency.py",
     "supervisors/_core.py",
 ]
 

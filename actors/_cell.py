@@ -38,6 +38,7 @@ if TYPE_CHECKING:
     from concurrent.futures import Executor
 
     from actors._clock import Clock, TimerHandle
+    from actors._latency import Latencies
     from actors._mailbox import Envelope
     from actors._outcomes import Outcomes
     from actors._user_actor import UserActor
@@ -66,6 +67,7 @@ class Host:
     loop: asyncio.AbstractEventLoop
     clock: Clock
     outcomes: Outcomes
+    latency: Latencies  # outcomes.latency, reached directly
     batch: int
     handler_timeout: float | None
     trace: bool
@@ -288,7 +290,7 @@ class Cell(Mailbox):
         host = self.host
         started = self._started
         ran = host.now() - started
-        host.outcomes.latency.record(started - envelope.accepted_at, ran)
+        host.latency.record(started - envelope.accepted_at, ran)
         self.current = None
         cut = self._cut
         timeout = host.handler_timeout

@@ -70,6 +70,7 @@ class _Core(Host):
         self.factory = factory
         self.policy = policy
         self.outcomes = outcomes
+        self.latency = outcomes.latency
         self.log = log
         self.trace = trace
         self.max_pending = max_pending
