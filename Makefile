@@ -15,7 +15,7 @@ $(BIN)/python:
 
 $(STAMP): pyproject.toml | $(BIN)/python
 	$(BIN)/python -m pip install --quiet --upgrade pip
-	INORDER_PURE_PYTHON=1 $(BIN)/python -m pip install --quiet -e '.[dev,bench]'
+	$(BIN)/python -m pip install --quiet -e '.[dev,bench]'  # editable: pure Python (setup.py)
 	touch $(STAMP)
 
 $(COMPILED)/.built: $(STAMP) $(SOURCES)

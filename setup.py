@@ -10,8 +10,9 @@ stays interpreted.
 The pure-Python package is the same code and passes the same tests. It is
 what you get when:
 
-* `INORDER_PURE_PYTHON=1` is set at build time (the Makefile does this for
-  the editable development install, so that an edited file takes effect);
+* the install is editable (`pip install -e .`): compiled modules would
+  shadow the sources, and an edited file must take effect;
+* `INORDER_PURE_PYTHON=1` is set at build time;
 * mypyc is not importable at build time;
 * the C compiler fails: the extensions are optional, so the build goes on.
 """
@@ -19,6 +20,7 @@ what you get when:
 from __future__ import annotations
 
 import os
+import sys
 
 from setuptools import setup
 
@@ -32,6 +34,8 @@ COMPILED = [
 
 def ext_modules() -> list[object]:
     if os.environ.get("INORDER_PURE_PYTHON", "") not in ("", "0"):
+        return []
+    if "editable_wheel" in sys.argv:  # setuptools' PEP 660 hook runs this command
         return []
     try:
         from mypyc.build import mypycify

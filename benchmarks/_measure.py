@@ -152,16 +152,23 @@ def _version(dist: str) -> str:
 
 
 def _inorder_version() -> str:
+    """The version, and whether its per-message path is compiled (setup.py)."""
+    try:
+        import actors
+
+        build = "compiled" if actors.COMPILED else "pure Python"
+    except Exception:
+        build = "not importable"
     version = _version("inorder")
     if version != "not installed":
-        return version
+        return f"{version} ({build})"
     try:
         import tomllib
 
         with open(ROOT / "pyproject.toml", "rb") as f:
-            return str(tomllib.load(f)["project"]["version"]) + " (source tree)"
+            return str(tomllib.load(f)["project"]["version"]) + f" (source tree, {build})"
     except (OSError, KeyError, ValueError):
-        return "unknown"
+        return f"unknown ({build})"
 
 
 def _git_commit() -> str | None:
