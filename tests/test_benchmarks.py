@@ -194,3 +194,14 @@ async def test_floor_script_measures_the_floor_and_promise_queue() -> None:
     for rates in results.values():
         assert set(rates) == {"floor", "promise-queue"}
         assert all(rate > 0 and math.isfinite(rate) for rate in rates.values())
+
+
+async def test_startup_script_reports_an_ordered_timeline() -> None:
+    """benchmarks.startup (P7's start-up, runtime alone) runs; its timeline is in order."""
+    from benchmarks.startup import timeline
+
+    t = await timeline(users=200, messages=2, seed=1)
+
+    assert 0 < t["tell_loop_end"] <= t["first_start"] <= t["median_start"] <= t["last_start"]
+    assert t["first_start"] <= t["ideal_user_start"] <= t["last_start"]
+    assert t["us_per_user_after_tells"] > 0
