@@ -10,8 +10,9 @@ a chat backend with a million users. So:
   application sees warnings and errors only;
 * `Runtime(log_level=logging.DEBUG)` (or any level) overrides both.
 
-Whether per-message DEBUG events are wanted is decided once, when a runtime
-starts, so a filtered-out event costs one attribute check per message.
+Whether DEBUG events of the message path (each handled message, each drop
+the application asked for) are wanted is decided once, when a runtime starts,
+so a filtered-out event costs one attribute check per message.
 """
 
 from __future__ import annotations

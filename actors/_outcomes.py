@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any, final
 
 from actors._errors import Dropped, Interrupted
 from actors._latency import Latencies
+from actors._logging import debug_enabled
 
 if TYPE_CHECKING:
     from collections.abc import Callable
@@ -53,6 +54,7 @@ class Outcomes:
 
     __slots__ = (
         "_dead",
+        "_debug",
         "_on_dead_letter",
         "dead_letter_count",
         "dropped",
@@ -71,6 +73,9 @@ class Outcomes:
         on_dead_letter: Callable[[DeadLetter], None] | None = None,
     ) -> None:
         self.log = log
+        # Decided once: a logger proxy binds on every method access, which a shutdown
+        # dropping 100k messages at DEBUG would pay 100k times for nothing.
+        self._debug = debug_enabled(log)
         self.handled = 0
         self.failed = 0
         self.interrupted = 0
@@ -135,8 +140,15 @@ class Outcomes:
         self._dead.append(letter)
         # Drops the application asked for (a /clear, a shutdown) are expected: one line
         # each at DEBUG (the shutdown logs its total once). The rest is news: WARNING.
-        log = self.log.debug if letter.reason in _REQUESTED else self.log.warning
-        log("message_dead_lettered", key=letter.key, reason=letter.reason, priority=letter.priority)
+        requested = letter.reason in _REQUESTED
+        if self._debug or not requested:
+            log = self.log.debug if requested else self.log.warning
+            log(
+                "message_dead_lettered",
+                key=letter.key,
+                reason=letter.reason,
+                priority=letter.priority,
+            )
         if self._on_dead_letter is not None:
             try:
                 self._on_dead_letter(letter)
