@@ -49,11 +49,12 @@ demo: $(STAMP)
 	$(BIN)/python -m examples.chat_backend
 
 # Benchmarks measure the package as installed by users: compiled.
+# Options go in BENCH_ARGS, e.g. make bench BENCH_ARGS="--repeat 3 --markdown".
 bench: $(COMPILED)/.built
-	PYTHONPATH=$(COMPILED) $(BIN)/python -P -m benchmarks
+	PYTHONPATH=$(COMPILED) $(BIN)/python -P -m benchmarks $(BENCH_ARGS)
 
 bench-quick: $(COMPILED)/.built
 	PYTHONPATH=$(COMPILED) $(BIN)/python -P -m benchmarks --quick
 
 clean:
-	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache
+	rm -rf $(VENV) build .pytest_cache .mypy_cache .ruff_cache
