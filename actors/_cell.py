@@ -25,6 +25,7 @@ plain methods, which is what lets this module be compiled (see `setup.py`).
 from __future__ import annotations
 
 import asyncio
+from abc import ABC, abstractmethod
 from collections import deque
 from typing import TYPE_CHECKING, Any
 
@@ -56,12 +57,13 @@ PARKED = "parked"
 CLOSED = "closed"
 
 
-class Host:
+class Host(ABC):
     """What a cell needs from the runtime around it: the base class of the router.
 
     A class rather than a `Protocol` so that, compiled, a cell reaches its
     host's fields and methods directly instead of by name (setup.py). The
-    runtime's `supervisors._core._Core` is the one implementation.
+    runtime's `supervisors._core._Core` is the one implementation; the
+    methods below are what it must provide.
     """
 
     loop: asyncio.AbstractEventLoop
@@ -76,34 +78,34 @@ class Host:
     live: int
     now: Callable[[], float]
 
-    def executor(self) -> Executor:
-        raise NotImplementedError
+    @abstractmethod
+    def executor(self) -> Executor: ...
 
-    def tell(self, key: str | int, message: Any, **options: Any) -> None:
-        raise NotImplementedError
+    @abstractmethod
+    def tell(self, key: str | int, message: Any, **options: Any) -> None: ...
 
-    def task_started(self, task: asyncio.Task[None]) -> None:
-        raise NotImplementedError
+    @abstractmethod
+    def task_started(self, task: asyncio.Task[None]) -> None: ...
 
-    def task_finished(self, task: asyncio.Task[None]) -> None:
-        raise NotImplementedError
+    @abstractmethod
+    def task_finished(self, task: asyncio.Task[None]) -> None: ...
 
-    def request_activation(self, cell: Cell) -> None:
-        raise NotImplementedError
+    @abstractmethod
+    def request_activation(self, cell: Cell) -> None: ...
 
-    def cell_idle(self, cell: Cell) -> None:
-        raise NotImplementedError
+    @abstractmethod
+    def cell_idle(self, cell: Cell) -> None: ...
 
+    @abstractmethod
     def cell_failed(
         self, cell: Cell, phase: str, error: BaseException, envelope: Envelope | None
-    ) -> None:
-        raise NotImplementedError
+    ) -> None: ...
 
-    def cell_stopped(self, cell: Cell, reason: str) -> None:
-        raise NotImplementedError
+    @abstractmethod
+    def cell_stopped(self, cell: Cell, reason: str) -> None: ...
 
-    def notify(self) -> None:
-        raise NotImplementedError
+    @abstractmethod
+    def notify(self) -> None: ...
 
 
 class Cell(Mailbox):

@@ -187,6 +187,14 @@ def check_p6(agg: Aggregate, params: Params) -> list[Check]:
 # -- P7 -----------------------------------------------------------------------
 
 
+def llm_delays(
+    users: int, per_user: int, delay: tuple[float, float], seed: int
+) -> dict[str, list[float]]:
+    """P7's workload: each user's handler delays, seeded, in arrival order."""
+    rng = random.Random(seed)
+    return {key: [rng.uniform(*delay) for _ in range(per_user)] for key in keys_for(users)}
+
+
 async def llm_load(
     cls: type[Peer], users: int, per_user: int, delay: tuple[float, float], seed: int
 ) -> tuple[float, dict[str, float]]:
@@ -200,8 +208,7 @@ async def llm_load(
     extras also give ``tell_s`` (the tell loop), ``makespan / (ideal +
     tell_s)`` and when each user's first handler started (after ``t0``).
     """
-    rng = random.Random(seed)
-    delays = {key: [rng.uniform(*delay) for _ in range(per_user)] for key in keys_for(users)}
+    delays = llm_delays(users, per_user, delay, seed)
     ideal = max(sum(d) for d in delays.values())
     tracker = Tracker()
     first_start: dict[Any, float] = {}

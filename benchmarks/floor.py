@@ -32,25 +32,24 @@ class FloorPeer(Peer):
     name = "floor"
     description = "no runtime: the handler runs inside tell/ask"
 
-    def tell(self, key: Key, message: Any, *, priority: int = 0, interrupt: bool = False) -> None:
+    def _run(self, key: Key, message: Any) -> Any:
+        """Run the handler to completion right here and return its result."""
         coro = self._handler(key, message)
         try:
             coro.send(None)  # type: ignore[attr-defined]
-        except StopIteration:
-            return
+        except StopIteration as done:
+            return done.value
         raise RuntimeError("the floor only runs handlers that never suspend")
+
+    def tell(self, key: Key, message: Any, *, priority: int = 0, interrupt: bool = False) -> None:
+        self._run(key, message)
 
     def ask(
         self, key: Key, message: Any, *, priority: int = 0, interrupt: bool = False
     ) -> Awaitable[Any]:
         future = self.loop.create_future()
-        coro = self._handler(key, message)
-        try:
-            coro.send(None)  # type: ignore[attr-defined]
-        except StopIteration as done:
-            future.set_result(done.value)
-            return future
-        raise RuntimeError("the floor only runs handlers that never suspend")
+        future.set_result(self._run(key, message))
+        return future
 
     def live(self) -> int:
         return 0

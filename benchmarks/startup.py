@@ -18,23 +18,23 @@ import asyncio
 import cProfile
 import gc
 import pstats
-import random
 import statistics
 import time
 from typing import Any
 
 from actors import Context, UserActor
+from benchmarks._load import llm_delays
 from supervisors import Runtime
 
 USERS = 10_000
 MESSAGES = 5
+DELAY = (0.1, 0.5)  # seconds, as in P7
 SEED = 1  # the harness's default: the ideal user is user:7997
 
 
 async def timeline(users: int, messages: int, seed: int) -> dict[str, float]:
     """Milliseconds after the first tell, for one start-up of ``users`` new users."""
-    rng = random.Random(seed)
-    delays = {f"user:{i}": [rng.uniform(0.1, 0.5) for _ in range(messages)] for i in range(users)}
+    delays = llm_delays(users, messages, DELAY, seed)
     ideal = max(delays, key=lambda key: sum(delays[key]))
     starts: dict[Any, float] = {}
     first_message = asyncio.Event()
