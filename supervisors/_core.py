@@ -8,7 +8,6 @@ to the supervisor actor.
 
 from __future__ import annotations
 
-import asyncio
 from concurrent.futures import ThreadPoolExecutor
 from typing import TYPE_CHECKING, Any
 
@@ -18,6 +17,7 @@ from actors._mailbox import Envelope
 from supervisors._supervisor import Activate, ChildFailed
 
 if TYPE_CHECKING:
+    import asyncio
     from collections.abc import Callable
 
     from actors._cell import Cell
@@ -235,14 +235,6 @@ class _Core(Host):
                 if not waiter.done():
                     waiter.set_result(None)
 
-    async def wait_idle(self) -> None:
-        """Return once every mailbox is drained or waiting on a timer, and nothing runs."""
-        while True:
-            # Let callbacks already scheduled (ingress drains, control messages) run first.
-            for _ in range(3):
-                await asyncio.sleep(0)
-            if self.quiet():
-                return
-            waiter = self.loop.create_future()
-            self._idle_waiters.append(waiter)
-            await waiter
+    def add_idle_waiter(self, waiter: asyncio.Future[None]) -> None:
+        """Wake `waiter` once the runtime is quiet (see `supervisors._quiescence`)."""
+        self._idle_waiters.append(waiter)

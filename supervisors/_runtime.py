@@ -40,6 +40,7 @@ from actors._user_actor import UserActor
 from supervisors._core import _Core, check_key, check_priority
 from supervisors._ingress import Ingress, Submission
 from supervisors._policy import Directive, RestartPolicy
+from supervisors._quiescence import wait_idle
 from supervisors._shutdown import shutdown
 from supervisors._supervisor import SupervisorActor
 
@@ -419,7 +420,7 @@ class Runtime:
         """Return once nothing runs and nothing is runnable (quiescence, for tests and drains)."""
         if self._core is None:
             return
-        await self._core.wait_idle()
+        await wait_idle(self._core)
 
     def stats(self) -> dict[str, Any]:
         """Live figures: actors, pending messages, outcome counts, restarts, latencies."""

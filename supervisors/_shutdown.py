@@ -21,6 +21,7 @@ import time
 from typing import TYPE_CHECKING, Any
 
 from actors._cell import STOPPING
+from supervisors._quiescence import wait_idle
 
 if TYPE_CHECKING:
     from collections.abc import Callable
@@ -92,7 +93,7 @@ async def _drain(core: _Core, timeout: float) -> bool:
 
     async def until_empty() -> None:
         while True:
-            await core.wait_idle()
+            await wait_idle(core)
             if core.pending == 0:
                 return
             await asyncio.sleep(0.005)  # messages wait on a restart backoff timer
