@@ -109,7 +109,7 @@ class SupervisorActor(LoopActor):
         self.stopping = 0  # incarnations whose on_stop is running
         self.closing = False  # set by the runtime's shutdown: no new incarnations
         # Restart histories of released keys that failed recently (see _keep_history).
-        self.histories: dict[str | int, RestartState] = {}
+        self.histories: OrderedDict[str | int, RestartState] = OrderedDict()
 
     def _handle_receive(self, message: Any) -> Any:
         # Our own messages first, by type; pykka's (stop, proxy calls) after.
@@ -361,17 +361,30 @@ class SupervisorActor(LoopActor):
             self._tell(Sweep())
 
     def _keep_history(self, cell: Cell) -> None:
-        """Keep a released key's recent restarts: passivation must not reset its budget."""
+        """Keep a released key's recent restarts: passivation must not reset its budget.
+
+        Histories are kept in release order and forgotten from the front once
+        expired, so an outage that fails every user once costs O(1) per key, not a
+        rescan of every kept history per release.
+        """
         state = cell.policy_state
         if state is not None and state.restarts:
-            self.histories[cell.key] = state
-            if len(self.histories) > 1024:  # only crash-looping keys land here; keep it small
-                self._forget_histories(self.core.now())
+            histories = self.histories
+            histories[cell.key] = state
+            histories.move_to_end(cell.key)
+            self._forget_histories(self.core.now())
 
     def _forget_histories(self, now: float) -> None:
+        # Release order is nearly expiry order (a key's last restart precedes its
+        # release): stop at the first live one. One kept a little too long is harmless,
+        # since `plan_restart` only counts restarts inside the window anyway.
         horizon = max(self.policy.within, self.policy.reset_after)
-        for key in [k for k, s in self.histories.items() if s.restarts[-1] + horizon <= now]:
-            del self.histories[key]
+        histories = self.histories
+        while histories:
+            key, state = next(iter(histories.items()))
+            if state.restarts[-1] + horizon > now:
+                return
+            del histories[key]
 
     def _on_sweep(self, _: Sweep) -> None:
         self._sweep_queued = False
