@@ -13,6 +13,8 @@ from actors._clock import Clock, LoopClock
 from actors._errors import (
     BlockingOnLoop,
     Dropped,
+    FutureTimeout,
+    HandlerCrashed,
     HandlerTimeout,
     InorderError,
     Interrupted,
@@ -35,6 +37,8 @@ __all__ = [
     "Context",
     "DeadLetter",
     "Dropped",
+    "FutureTimeout",
+    "HandlerCrashed",
     "HandlerTimeout",
     "InorderError",
     "Interrupted",

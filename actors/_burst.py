@@ -22,13 +22,25 @@ from actors._user_actor import HANDLER_ASYNC, HANDLER_SYNC
 
 if TYPE_CHECKING:
     from actors._cell import Cell
+    from actors._mailbox import Envelope
     from actors._user_actor import Context, UserActor
+
+# What the burst does after a handler's `CancelledError` (`Cell.cancelled` answers;
+# they live here because actors._cell imports this module).
+FINISH = 0  # settle it as if the handler returned (`Cell.finish`), then go on
+END = 1  # the burst ends here
+RERAISE = 2  # re-raise: the burst task itself is being cancelled
 
 __all__ = ["drain", "in_thread", "stop_async"]
 
 
 async def drain(cell: Cell, starting: bool) -> None:
-    """The burst: `on_start` if `starting`, then handle what waits until `take` says stop."""
+    """The burst: `on_start` if `starting`, then handle what waits until `take` says stop.
+
+    Anything a handler raises is settled by the cell, whatever its class (G7):
+    `Exception`s and other `BaseException`s alike (`SystemExit` and
+    `KeyboardInterrupt` included: they end that key's message, not the loop).
+    """
     task = cell.task
     try:
         actor: UserActor = cell.actor  # type: ignore[assignment]
@@ -49,14 +61,18 @@ async def drain(cell: Cell, starting: bool) -> None:
                 elif mode == HANDLER_SYNC:
                     result = handler(envelope.message, ctx)
                 else:
-                    result = await in_thread(cell, handler, envelope.message, ctx)
-            except asyncio.CancelledError:
-                if cell.cancelled(envelope):
+                    result = await in_thread(cell, handler, envelope, ctx)
+            except asyncio.CancelledError as error:
+                then = cell.cancelled(envelope, error)
+                if then == RERAISE:
                     raise
+                if then == END:
+                    return
                 result = None
-            except Exception as error:
-                cell.failed(envelope, error)
-                return
+            except BaseException as error:
+                if not cell.failed(envelope, error):
+                    return
+                continue
             if not finish(envelope, result):
                 return
             budget -= 1
@@ -71,27 +87,33 @@ async def _start_async(cell: Cell, actor: UserActor) -> bool:
     # Only for an `async def on_start`: a plain one runs in `Cell.start_hook`, no coroutine.
     try:
         await actor.on_start()
-    except Exception as exc:
-        cell.start_failed(exc)
+    except asyncio.CancelledError as error:
+        if cell.start_cancelled(error):
+            raise
+        return False
+    except BaseException as error:
+        cell.start_failed(error)
         return False
     cell.start_succeeded()
     return True
 
 
-async def in_thread(cell: Cell, handler: Any, message: Any, ctx: Context) -> Any:
-    """Run a blocking handler in the pool; never leave it running behind our back (G2)."""
+async def in_thread(cell: Cell, handler: Any, envelope: Envelope, ctx: Context) -> Any:
+    """Run a blocking handler in the pool; never leave it running behind our back (G2).
+
+    A cancellation (shutdown) sets `ctx.interrupted` and waits for the thread,
+    until the cell says to stop waiting (`Cell.leave_thread`); the cell then
+    keeps track of the thread itself, so the key still waits for it.
+    """
     host = cell.host
-    future = host.loop.run_in_executor(host.executor(), handler, message, ctx)
-    try:
-        return await asyncio.shield(future)
-    except asyncio.CancelledError:
-        ctx.interrupted = True
-        while not future.done():
-            try:
-                await asyncio.wait((future,))
-            except asyncio.CancelledError:
-                continue
-        raise
+    future = host.loop.run_in_executor(host.executor(), handler, envelope.message, ctx)
+    while True:
+        try:
+            return await asyncio.shield(future)
+        except asyncio.CancelledError:
+            ctx.interrupted = True
+            if not future.done() and cell.leave_thread(envelope, future):
+                raise
 
 
 async def stop_async(cell: Cell, actor: UserActor, reason: str) -> None:
@@ -99,7 +121,7 @@ async def stop_async(cell: Cell, actor: UserActor, reason: str) -> None:
     task = cell.task
     try:
         await actor.on_stop(reason)
-    except Exception as exc:  # reported, and the stop goes on
+    except BaseException as exc:  # reported, and the stop goes on
         cell.host.cell_failed(cell, "on_stop", exc, None)
     finally:
         cell.burst_ended(task)

@@ -29,7 +29,7 @@ from abc import ABC, abstractmethod
 from collections import deque
 from typing import TYPE_CHECKING, Any
 
-from actors._burst import drain, stop_async
+from actors._burst import END, FINISH, RERAISE, drain, stop_async
 from actors._errors import HandlerTimeout
 from actors._mailbox import Mailbox
 from actors._user_actor import HANDLER_ASYNC, Context
@@ -57,6 +57,13 @@ PARKED = "parked"
 CLOSED = "closed"
 
 
+#: Seconds a handler may still run after its timeout settled its message before
+#: it is reported as overrunning (`handler_overran`, `stats()["overruns"]`).
+OVERRUN_GRACE = 1.0
+
+_RESUME = "resume"  # a deferred `resume()` (any other deferred action is a stop reason)
+
+
 class Host(ABC):
     """What a cell needs from the runtime around it: the base class of the router.
 
@@ -76,6 +83,7 @@ class Host(ABC):
     log: Any
     pending: int
     live: int
+    overruns: int
     now: Callable[[], float]
 
     @abstractmethod
@@ -113,11 +121,21 @@ class Cell(Mailbox):
 
     The cell *is* the key's mailbox (a subclass, not a field): one object less
     per user, which activation rate and memory per idle user both feel.
+
+    A handler can outlive its message's outcome: one that ignores its
+    `handler_timeout` (an async handler that swallows the cancellation, a
+    blocking one that never checks `ctx.interrupted`) gets its outcome at the
+    timeout, and one still running when the shutdown gives up on it gets
+    `Interrupted("shutdown")`. Such a handler is `late`. Until it has really
+    returned, nothing else of the key runs (G2): a `resume()` or `stop()` the
+    supervisor asks for meanwhile is deferred (`_after`) to that moment.
     """
 
     __slots__ = (
+        "_after",
         "_cut",
         "_started",
+        "_thread",
         "_timer",
         "actor",
         "clear_mark",
@@ -127,6 +145,7 @@ class Cell(Mailbox):
         "idle_since",
         "incarnation",
         "key",
+        "late",
         "policy_state",
         "restart_at",
         "restart_cancelled",
@@ -144,6 +163,7 @@ class Cell(Mailbox):
         self.state = EMPTY
         self.task: asyncio.Task[None] | None = None
         self.current: Envelope | None = None
+        self.late: Envelope | None = None  # settled, but its handler still runs
         self.incarnation = 0
         self.idle_since = 0.0
         self.policy_state: Any = None  # the supervisor's restart bookkeeping
@@ -153,7 +173,9 @@ class Cell(Mailbox):
         self.timer: TimerHandle | None = None  # backoff or cool-down, owned by the supervisor
         self._cut: str | None = None  # why the handler in flight is being cut short
         self._started = 0.0  # when the handler in flight started
-        self._timer: TimerHandle | None = None  # its handler_timeout
+        self._timer: TimerHandle | None = None  # its handler_timeout, then its overrun check
+        self._after: str | None = None  # deferred until the late handler returns
+        self._thread: Any = None  # a blocking handler's thread the burst stopped waiting for
 
     def __repr__(self) -> str:
         return f"<Cell {self.key!r} {self.state} waiting={self._size}>"
@@ -190,7 +212,24 @@ class Cell(Mailbox):
         envelope = self.current
         if envelope is None or envelope.priority >= priority or self._cut is not None:
             return False
-        self._cut_short("interrupt")
+        self._cut = "interrupt"
+        self._signal()
+        return True
+
+    def expire(self, envelope: Envelope) -> None:
+        """A waiting message's `ttl` ran out (its timer): it ends `Dropped("expired")`."""
+        envelope.expiry = None
+        if self.remove(envelope):
+            self.host.pending -= 1
+            self.host.outcomes.on_dropped(self.key, envelope, "expired")
+
+    def withdraw(self, reply_to: object) -> bool:
+        """Withdraw the waiting ask answered by `reply_to`: it ends `Dropped("withdrawn")`."""
+        envelope = self.find(reply_to)
+        if envelope is None or not self.remove(envelope):
+            return False
+        self.host.pending -= 1
+        self.host.outcomes.on_dropped(self.key, envelope, "withdrawn")
         return True
 
     # -- control plane (supervisor) -----------------------------------------------
@@ -204,7 +243,10 @@ class Cell(Mailbox):
         self._begin(STARTING)
 
     def resume(self) -> None:
-        """Go on with the same instance after a failure."""
+        """Go on with the same instance after a failure (once its handler has returned)."""
+        if self.busy():
+            self._after = _RESUME
+            return
         if self.mailbox.empty():
             self.state = IDLE
             self.host.cell_idle(self)
@@ -214,9 +256,13 @@ class Cell(Mailbox):
     def stop(self, reason: str) -> None:
         """End the incarnation: `on_stop(reason)` runs, then the host is told.
 
-        A plain `on_stop` (the default) runs right here; only an async one gets a task.
+        A plain `on_stop` (the default) runs right here; only an async one gets a
+        task. If a late handler still runs, `on_stop` waits for it (G2).
         """
         self.state = STOPPING
+        if self.busy():
+            self._after = reason
+            return
         actor = self.actor
         if actor is not None and actor._async_stop:
             task = self.host.loop.create_task(stop_async(self, actor, reason))
@@ -226,14 +272,39 @@ class Cell(Mailbox):
         if actor is not None:
             try:
                 actor.on_stop(reason)
-            except Exception as exc:  # reported, and the stop goes on
+            except BaseException as exc:  # reported, and the stop goes on
                 self.host.cell_failed(self, "on_stop", exc, None)
         self.stopped(actor, reason)
 
+    def busy(self) -> bool:
+        """Whether a burst, an `on_stop` or a late handler's thread is still running."""
+        return self.task is not None or self._thread is not None
+
     def cancel(self) -> None:
-        """Cancel the task in flight (shutdown). The message in flight ends interrupted."""
-        if self.task is not None and not self.task.done():
-            self.task.cancel()
+        """Shutdown: cut the burst short. The message in flight ends `Interrupted("shutdown")`.
+
+        A running `on_stop` is left alone; a blocking handler is flagged
+        (`ctx.interrupted`) and waited for.
+        """
+        task = self.task
+        if task is None or task.done() or (self.state is STOPPING and self._after is None):
+            return
+        self._cut = "shutdown"
+        if self.ctx is not None:
+            self.ctx.interrupted = True
+        if task is not asyncio.current_task():
+            task.cancel()
+
+    def abandon(self) -> Envelope | None:
+        """Shutdown gives up waiting: the message in flight ends `Interrupted("shutdown")` now."""
+        envelope = self.current
+        if envelope is not None:
+            self._disarm()
+            self.current = None
+            self._cut = None
+            self.late = envelope
+            self.host.outcomes.on_interrupted(self.key, envelope, "shutdown")
+        return envelope
 
     # -- the burst ------------------------------------------------------------------
     #
@@ -251,7 +322,7 @@ class Cell(Mailbox):
         actor: UserActor = self.actor  # type: ignore[assignment]
         try:
             actor.on_start()
-        except Exception as exc:
+        except BaseException as exc:  # any escape is the key's failure (G7)
             self.start_failed(exc)
             return False
         self.state = RUNNING
@@ -263,6 +334,13 @@ class Cell(Mailbox):
     def start_failed(self, error: BaseException) -> None:
         self.state = SUSPENDED
         self.host.cell_failed(self, "on_start", error, None)
+
+    def start_cancelled(self, error: BaseException) -> bool:
+        """An async `on_start` saw `CancelledError`: True if the shutdown sent it (re-raise)."""
+        if self._cut == "shutdown":
+            return True
+        self.start_failed(error)  # nobody in the runtime asked: a failure of on_start
+        return False
 
     def take(self) -> Envelope | None:
         """The next envelope to handle, now in flight; `None` ends the burst.
@@ -279,15 +357,24 @@ class Cell(Mailbox):
             host.cell_idle(self)
             return None
         host.pending -= 1
+        if envelope.expiry is not None:  # it starts before its ttl ran out
+            envelope.expiry.cancel()
+            envelope.expiry = None
+        ctx: Context = self.ctx  # type: ignore[assignment]
+        if ctx.interrupted:
+            ctx.interrupted = False
         self.current = envelope
         started = self._started = host.now()
         timeout = host.handler_timeout
         if timeout is not None:
-            self._timer = host.clock.call_at(started + timeout, self._cut_short, "timeout")
+            self._timer = host.clock.call_at(started + timeout, self._timed_out)
         return envelope
 
     def finish(self, envelope: Envelope, result: Any) -> bool:
         """The handler returned: settle the outcome. False ends the burst (a timeout)."""
+        if self.current is not envelope:  # settled already: it returned late
+            self._returned_late(envelope)
+            return True  # `take` decides whether the burst goes on
         self._disarm()
         host = self.host
         started = self._started
@@ -298,7 +385,7 @@ class Cell(Mailbox):
         timeout = host.handler_timeout
         if cut is None and timeout is not None and ran > timeout:
             # A plain handler on the loop blocks the timer itself: judge it on return.
-            cut = self._cut = "timeout"
+            cut = "timeout"
         if cut is None:
             host.outcomes.handled += 1
             if envelope.reply_to is not None:
@@ -306,43 +393,91 @@ class Cell(Mailbox):
             if host.trace:
                 self._trace(envelope, started, ran)
             return True
-        self._uncancel()
-        if cut == "interrupt":
-            self._cut = None
-            self.ctx.interrupted = False  # type: ignore[union-attr]
-            host.outcomes.on_interrupted(self.key, envelope, "interrupt")
-            return True
-        self._fail(envelope, HandlerTimeout(self.key, timeout))  # type: ignore[arg-type]
-        return False
-
-    def cancelled(self, envelope: Envelope) -> bool:
-        """The handler saw `CancelledError`: True if it came from outside (re-raise it).
-
-        An interrupt or a timeout cancels the task too; those are this cell's own
-        (`_cut`) and end in `finish`. A shutdown's cancel ends the message interrupted,
-        unless the shutdown already gave up on it and resolved it.
-        """
-        if self._cut is not None and self._uncancel() == 0:
-            return False
-        self._disarm()
-        if self.current is envelope:
-            self.current = None
-            self.host.outcomes.on_interrupted(self.key, envelope, "shutdown")
         self._cut = None
+        self._uncancel()
+        if cut == "timeout":
+            self._fail(envelope, HandlerTimeout(self.key, timeout))  # type: ignore[arg-type]
+            return False
+        host.outcomes.on_interrupted(self.key, envelope, cut)
         return True
 
-    def failed(self, envelope: Envelope, error: BaseException) -> None:
-        """The handler raised: report it (a timeout's cancellation becomes `HandlerTimeout`)."""
+    def cancelled(self, envelope: Envelope, error: BaseException) -> int:
+        """The handler raised `CancelledError`: what the burst does next (FINISH, END, RERAISE).
+
+        An interrupt cancels the task too (settled in `finish`); a shutdown's cancel
+        ends the message interrupted and the burst. A cancellation that nobody in
+        the runtime asked for (an inner task the handler cancelled and awaited, a
+        future cancelled by a library) is a failure of the handler (G7).
+        """
+        if self.current is not envelope:  # its timeout or the shutdown settled it already
+            self._uncancel()
+            return FINISH
+        cut = self._cut
+        if cut == "shutdown":
+            self._disarm()
+            self.current = None
+            self._cut = None
+            self.host.outcomes.on_interrupted(self.key, envelope, "shutdown")
+            return RERAISE
+        if cut is not None:
+            return FINISH
+        task = self.task
+        # Someone cancelled the burst task itself (application code, or the loop being torn
+        # down): honour it once the failure is recorded. Otherwise the key goes on.
+        honour = task is not None and task.cancelling() > 0
         self._disarm()
-        if self._cut == "timeout":
-            error = HandlerTimeout(self.key, self.host.handler_timeout)  # type: ignore[arg-type]
         self._fail(envelope, error)
+        return RERAISE if honour else END
+
+    def failed(self, envelope: Envelope, error: BaseException) -> bool:
+        """The handler raised `error`: report it. False ends the burst."""
+        if self.current is not envelope:  # settled already: its late error is moot
+            self._returned_late(envelope)
+            return True
+        self._disarm()
+        self._fail(envelope, error)
+        return False
+
+    def leave_thread(self, envelope: Envelope, future: Any) -> bool:
+        """The burst awaiting a blocking handler was cancelled: stop waiting for the thread?
+
+        A shutdown's first cancel waits for it (the handler sees `ctx.interrupted`);
+        once the message is settled (abandoned), or for a cancellation nobody in the
+        runtime asked for, the burst leaves and the cell keeps track of the thread:
+        nothing else of the key runs until it returns (G2).
+        """
+        if self.current is envelope and self._cut is not None:
+            return False
+        self._thread = future
+        future.add_done_callback(self._thread_done)
+        return True
+
+    def _thread_done(self, future: Any) -> None:
+        if not future.cancelled():
+            future.exception()  # retrieved: it has no caller any more
+        self._thread = None
+        self._disarm()
+        self.late = None
+        self._run_after()
 
     def burst_ended(self, task: asyncio.Task[None] | None) -> None:
-        self._disarm()
+        if self._thread is None:
+            self._disarm()
+            self.late = None
         if self.task is task:
             self.task = None
         self.host.task_finished(task)  # type: ignore[arg-type]
+        self._run_after()
+
+    def _run_after(self) -> None:
+        after = self._after
+        if after is None or self.busy():
+            return
+        self._after = None
+        if after is _RESUME:
+            self.resume()
+        else:
+            self.stop(after)
 
     def _disarm(self) -> None:
         timer = self._timer
@@ -363,16 +498,55 @@ class Cell(Mailbox):
     def _fail(self, envelope: Envelope, error: BaseException) -> None:
         self.current = None
         self._cut = None
-        if self.ctx is not None:
-            self.ctx.interrupted = False
         self.state = SUSPENDED
         self.host.cell_failed(self, "on_message", error, envelope)
 
-    def _cut_short(self, why: str) -> None:
-        """Ask the handler in flight to stop: cancel it if async, flag it in any case."""
-        if self.current is None or self._cut is not None:
+    def _timed_out(self) -> None:
+        """`handler_timeout` ran out: settle the message now, whatever the handler does.
+
+        An async handler is cancelled and a blocking one flagged; one that ignores
+        that runs on `late`, and the key waits for it (G2), reported once it is
+        still running `OVERRUN_GRACE` seconds later.
+        """
+        self._timer = None
+        envelope = self.current
+        if envelope is None:
             return
-        self._cut = why
+        host = self.host
+        cut = self._cut
+        self.late = envelope
+        self._timer = host.clock.call_at(host.now() + OVERRUN_GRACE, self._overran, envelope)
+        if cut is None:
+            self._cut = "timeout"
+            self._signal()
+            self._fail(envelope, HandlerTimeout(self.key, host.handler_timeout))  # type: ignore[arg-type]
+        else:  # an interrupt or a shutdown asked it to stop already: that is its outcome
+            self.current = None
+            self._cut = None
+            host.outcomes.on_interrupted(self.key, envelope, cut)
+
+    def _overran(self, envelope: Envelope) -> None:
+        self._timer = None
+        if self.late is not envelope:
+            return
+        host = self.host
+        host.overruns += 1
+        host.log.error(
+            "handler_overran",
+            key=self.key,
+            timeout_s=host.handler_timeout,
+            running_s=round(host.now() - self._started, 3),
+            incarnation=self.incarnation,
+        )
+
+    def _returned_late(self, envelope: Envelope) -> None:
+        if self.late is envelope:
+            self.late = None
+            self._disarm()
+        self._uncancel()
+
+    def _signal(self) -> None:
+        """Ask the handler in flight to stop: cancel it if async, flag it in any case."""
         ctx: Context = self.ctx  # type: ignore[assignment]
         ctx.interrupted = True
         actor: UserActor = self.actor  # type: ignore[assignment]
@@ -386,11 +560,12 @@ class Cell(Mailbox):
         ):
             task.cancel()
 
-    def _uncancel(self) -> int:
+    def _uncancel(self) -> None:
+        """Withdraw the runtime's cancel requests of the burst task (it goes on)."""
         task = self.task
-        if task is None or task.cancelling() == 0:
-            return 0
-        return task.uncancel()
+        if task is not None:
+            while task.cancelling():
+                task.uncancel()
 
     # -- ending an incarnation ------------------------------------------------------
 

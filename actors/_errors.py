@@ -13,9 +13,13 @@ from __future__ import annotations
 
 from typing import Any
 
+import pykka
+
 __all__ = [
     "BlockingOnLoop",
     "Dropped",
+    "FutureTimeout",
+    "HandlerCrashed",
     "HandlerTimeout",
     "InorderError",
     "Interrupted",
@@ -79,13 +83,36 @@ class Interrupted(InorderError):
 class Dropped(InorderError):
     """Raised by an ask future whose message was dropped without being handled.
 
-    `reason` says why: `"cleared"`, `"shutdown"`, `"stopped"`, `"gave_up"`, ...
+    `reason` says why: `"cleared"`, `"shutdown"`, `"stopped"`, `"gave_up"`,
+    `"parked"`, `"expired"`, `"withdrawn"`, ... When a failure caused the drop
+    (the key was stopped, or its restarts gave up), `cause` (and `__cause__`)
+    is that failure.
     """
 
-    def __init__(self, key: Any, reason: str) -> None:
+    def __init__(self, key: Any, reason: str, cause: BaseException | None = None) -> None:
         super().__init__(f"message for {key!r} was dropped ({reason})")
         self.key = key
         self.reason = reason
+        self.cause = cause
+        self.__cause__ = cause
+
+
+class HandlerCrashed(InorderError):
+    """Raised by an ask future whose handler raised something that is not an `Exception`.
+
+    A `BaseException` that is not an `Exception` (`SystemExit`, `KeyboardInterrupt`,
+    `GeneratorExit`, a class of your own), or a `CancelledError` that the runtime
+    did not request, is a failure of that key like any other; but raised as is
+    in the asker's task it would end that task, or the whole loop. So the asker
+    gets this wrapper; `error` (and `__cause__`) is the original, which is also
+    what the decider and the dead letter see.
+    """
+
+    def __init__(self, key: Any, error: BaseException) -> None:
+        super().__init__(f"handler for {key!r} raised {error!r}")
+        self.key = key
+        self.error = error
+        self.__cause__ = error
 
 
 class RuntimeStopped(InorderError, RuntimeError):
@@ -97,6 +124,13 @@ class BlockingOnLoop(InorderError, RuntimeError):
 
     Blocking there would deadlock: the loop that must produce the value is the
     one being blocked. Use `await future` instead.
+    """
+
+
+class FutureTimeout(InorderError, pykka.Timeout, TimeoutError):
+    """Raised by `LoopFuture.get(timeout=...)` when the value did not arrive in time.
+
+    Also a `TimeoutError` and, for code written against pykka, a `pykka.Timeout`.
     """
 
 

@@ -108,9 +108,10 @@ class LoopActor(pykka.Actor):
     3. Each `ref.tell()`/`ref.ask()` appends to the inbox; one loop callback
        then handles every queued message in order with pykka's
        `_handle_receive` (plain messages go to `on_receive`, proxy calls work).
-    4. An exception from a told message is logged at ERROR and the actor
-       carries on (the control actors' state changes are atomic per message);
-       an asked message's exception goes to its future.
+    4. An exception from a told message, whatever its class, is logged at
+       ERROR and the actor carries on with the rest of the batch (the control
+       actors' state changes are atomic per message); an asked message's
+       exception goes to its future.
     5. `ref.stop()` runs `on_stop()`; messages still queued then fail with
        `pykka.ActorDeadError`.
     """
@@ -146,7 +147,7 @@ class LoopActor(pykka.Actor):
             envelope = inbox.get()
             try:
                 response = self._handle_receive(envelope.message)
-            except Exception as exc:
+            except BaseException as exc:  # one message's failure must not strand the batch
                 if envelope.reply_to is not None:
                     envelope.reply_to.set_exception(exc)  # type: ignore[arg-type]
                 else:
@@ -179,7 +180,7 @@ class LoopActor(pykka.Actor):
         self.actor_stopped.set()
         try:
             self.on_stop()
-        except Exception as exc:
+        except BaseException as exc:
             _log.error(
                 "control_actor_failed", actor=type(self).__name__, error=repr(exc), exc_info=exc
             )

@@ -51,7 +51,7 @@ class Envelope:
     inside a message) lives until then, as in pure Python.
     """
 
-    __slots__ = ("accepted_at", "attempt", "message", "priority", "reply_to")
+    __slots__ = ("accepted_at", "attempt", "expiry", "message", "priority", "reply_to")
 
     def __init__(
         self,
@@ -65,6 +65,7 @@ class Envelope:
         self.priority = priority
         self.accepted_at = accepted_at
         self.attempt = 1
+        self.expiry: Any = None  # the timer of a `ttl`, cancelled when the message starts
 
     def __repr__(self) -> str:
         return f"Envelope({self.message!r}, priority={self.priority}, attempt={self.attempt})"
@@ -201,6 +202,63 @@ class Mailbox:
         taken.extend(self._take_lane0())
         self._size -= len(taken)
         return taken
+
+    def find(self, reply_to: object) -> Envelope | None:
+        """The waiting envelope whose `reply_to` is `reply_to`, if any (a linear scan)."""
+        for envelope in self._waiting():
+            if envelope.reply_to is reply_to:
+                return envelope
+        return None
+
+    def remove(self, envelope: Envelope) -> bool:
+        """Remove one waiting envelope, wherever it is (a linear scan of its lane)."""
+        if self._head is envelope:
+            lane0 = self._lane0
+            if lane0 is None:
+                self._head = None
+            else:
+                self._head = lane0.popleft()
+                if not lane0:
+                    self._lane0 = None
+            self._size -= 1
+            return True
+        lane: deque[Envelope] | None = None
+        if envelope.priority == 0:
+            lane = self._lane0
+        elif self._lanes is not None:
+            lane = self._lanes.get(envelope.priority)
+        if lane is None:
+            return False
+        for i, candidate in enumerate(lane):
+            if candidate is envelope:
+                del lane[i]
+                self._size -= 1
+                if not lane:
+                    self._drop_lane(envelope.priority)
+                return True
+        return False
+
+    def _drop_lane(self, priority: int) -> None:
+        if priority == 0:
+            self._lane0 = None
+            return
+        lanes: dict[int, deque[Envelope]] = self._lanes  # type: ignore[assignment]
+        order: list[int] = self._order  # type: ignore[assignment]
+        del lanes[priority]
+        order.remove(priority)
+        if not order:
+            self._lanes = self._order = None
+
+    def _waiting(self) -> list[Envelope]:
+        waiting: list[Envelope] = []
+        if self._lanes is not None:
+            for p in reversed(self._order):  # type: ignore[arg-type]
+                waiting.extend(self._lanes[p])
+        if self._head is not None:
+            waiting.append(self._head)
+            if self._lane0 is not None:
+                waiting.extend(self._lane0)
+        return waiting
 
     def take_all(self) -> list[Envelope]:
         """Remove and return everything, in delivery order (highest priority first)."""

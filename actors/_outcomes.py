@@ -14,7 +14,7 @@ from collections import deque
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, final
 
-from actors._errors import Dropped, Interrupted
+from actors._errors import Dropped, HandlerCrashed, Interrupted
 from actors._latency import Latencies
 from actors._logging import debug_enabled
 
@@ -27,7 +27,8 @@ if TYPE_CHECKING:
 
 __all__ = ["DeadLetter", "Outcomes"]
 
-_REQUESTED = frozenset({"cleared", "shutdown"})
+# Drops the application asked for: a /clear, a shutdown, a ttl, a withdrawn ask.
+_REQUESTED = frozenset({"cleared", "shutdown", "expired", "withdrawn"})
 
 
 @final
@@ -47,6 +48,9 @@ class DeadLetter:
     """The priority it was sent with."""
     attempts: int = 1
     """How many times a handler ran on it (0 if it never ran)."""
+    cause: BaseException | None = None
+    """For a failed message, the handler's exception; for a drop that a failure caused
+    (the key stopped, its restarts gave up), that failure; else None."""
 
 
 class Outcomes:
@@ -101,7 +105,10 @@ class Outcomes:
         self.failed += 1
         reply_to = envelope.reply_to
         if reply_to is not None:
-            reply_to.set_exception(_exc_info(error))
+            # An asker never gets a non-Exception: raised in its task, a SystemExit or a
+            # CancelledError would end that task, or the loop.
+            raised = error if isinstance(error, Exception) else HandlerCrashed(key, error)
+            reply_to.set_exception(_exc_info(raised))
         else:
             # No caller will see it: this is the only trace besides the dead letter.
             self.log.error(
@@ -112,7 +119,9 @@ class Outcomes:
                 exc_info=error,
             )
         self._dead_letter(
-            DeadLetter(key, envelope.message, "failed", error, envelope.priority, envelope.attempt)
+            DeadLetter(
+                key, envelope.message, "failed", error, envelope.priority, envelope.attempt, error
+            )
         )
 
     def on_interrupted(self, key: str | int, envelope: Envelope, reason: str) -> None:
@@ -123,27 +132,52 @@ class Outcomes:
             reply_to.set_exception(_exc_info(Interrupted(key, reason)))
 
     def on_dropped(
-        self, key: str | int, envelope: Envelope, reason: str, attempts: int = 0
+        self,
+        key: str | int,
+        envelope: Envelope,
+        reason: str,
+        attempts: int = 0,
+        cause: BaseException | None = None,
+        *,
+        log: bool = True,
     ) -> None:
         """The message was discarded without (another) run of the handler."""
         self.dropped += 1
-        error = Dropped(key, reason)
+        if envelope.expiry is not None:
+            envelope.expiry.cancel()
+            envelope.expiry = None
+        error = Dropped(key, reason, cause)
         reply_to = envelope.reply_to
         if reply_to is not None:
             reply_to.set_exception(_exc_info(error))
         self._dead_letter(
-            DeadLetter(key, envelope.message, reason, error, envelope.priority, attempts)
+            DeadLetter(key, envelope.message, reason, error, envelope.priority, attempts, cause),
+            log,
         )
 
-    def _dead_letter(self, letter: DeadLetter) -> None:
+    def drop_all(
+        self,
+        key: str | int,
+        envelopes: list[Envelope],
+        reason: str,
+        cause: BaseException | None = None,
+    ) -> None:
+        """Drop a whole mailbox's worth at once: one log line for all of them, not one each."""
+        for envelope in envelopes:
+            self.on_dropped(key, envelope, reason, envelope.attempt - 1, cause, log=False)
+        if envelopes and (self._debug or reason not in _REQUESTED):
+            log = self.log.debug if reason in _REQUESTED else self.log.warning
+            log("messages_dead_lettered", key=key, reason=reason, count=len(envelopes))
+
+    def _dead_letter(self, letter: DeadLetter, log: bool = True) -> None:
         self.dead_letter_count += 1
         self._dead.append(letter)
-        # Drops the application asked for (a /clear, a shutdown) are expected: one line
-        # each at DEBUG (the shutdown logs its total once). The rest is news: WARNING.
+        # Drops the application asked for (a /clear, a shutdown, a ttl) are expected: one
+        # line each at DEBUG (the shutdown logs its total once). The rest is news: WARNING.
         requested = letter.reason in _REQUESTED
-        if self._debug or not requested:
-            log = self.log.debug if requested else self.log.warning
-            log(
+        if log and (self._debug or not requested):
+            method = self.log.debug if requested else self.log.warning
+            method(
                 "message_dead_lettered",
                 key=letter.key,
                 reason=letter.reason,
@@ -152,7 +186,7 @@ class Outcomes:
         if self._on_dead_letter is not None:
             try:
                 self._on_dead_letter(letter)
-            except Exception as exc:
+            except BaseException as exc:  # the application's code: contained like a handler's
                 self.log.error(
                     "dead_letter_callback_failed", key=letter.key, error=repr(exc), exc_info=exc
                 )

@@ -8,6 +8,7 @@ runtime's injected clock.
 
 from __future__ import annotations
 
+import asyncio
 import enum
 import math
 import random
@@ -47,15 +48,24 @@ Decider: TypeAlias = Callable[[BaseException], Directive]
 
 
 def default_decider(error: BaseException) -> Directive:
-    """Restart on any `Exception`; escalate anything else."""
-    return Directive.RESTART if isinstance(error, Exception) else Directive.ESCALATE
+    """Restart on any `Exception` and on a stray `CancelledError`; escalate anything else.
+
+    A `CancelledError` reaches a decider only when the runtime did not ask for
+    it (an inner task the handler cancelled and then awaited): a bug of the
+    handler like any exception, so the key is restarted and goes on. Other
+    `BaseException`s (`SystemExit`, `KeyboardInterrupt`, your own) escalate; the
+    root's default then stops that key.
+    """
+    if isinstance(error, Exception | asyncio.CancelledError):
+        return Directive.RESTART
+    return Directive.ESCALATE
 
 
 def decide(decider: Decider, error: BaseException) -> Directive:
-    """Apply a decider; a decider that raises or answers nonsense escalates."""
+    """Apply a decider; a decider that raises (anything) or answers nonsense escalates."""
     try:
         directive = decider(error)
-    except Exception:
+    except BaseException:  # the application's code must not derail the supervisor
         return Directive.ESCALATE
     return directive if isinstance(directive, Directive) else Directive.ESCALATE
 

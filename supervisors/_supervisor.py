@@ -145,7 +145,7 @@ class SupervisorActor(LoopActor):
                 raise TypeError(msg)
             if getattr(actor, "key", None) is None:
                 actor.key = cell.key
-        except Exception as exc:
+        except BaseException as exc:  # the application's code: a failure of this key only
             cell.state = SUSPENDED
             self._on_failed(ChildFailed(cell, "init", exc, None, None))
             return
@@ -165,12 +165,15 @@ class SupervisorActor(LoopActor):
         decider = getattr(actor_type, "decider", None)
         directive = decide(decider or self.policy.decider, error)
         core.actor_failures += 1
+        shown: Directive | None = directive
+        if phase == "on_stop" and directive in (Directive.RESUME, Directive.RESTART):
+            shown = None  # the incarnation ends as it was going to: nothing to resume or restart
         core.log.warning(
             "actor_failed",
             key=cell.key,
             phase=phase,
             error=repr(error),
-            directive=directive.value,
+            directive=shown.value if shown is not None else "none",
             incarnation=cell.incarnation,
             attempt=envelope.attempt if envelope is not None else None,
         )
@@ -190,7 +193,7 @@ class SupervisorActor(LoopActor):
         if phase == "on_stop":
             if directive is Directive.STOP:
                 # The incarnation is ending anyway; STOP also cancels a restart it was for.
-                self._drop_waiting(cell, "stopped")
+                self._drop_waiting(cell, "stopped", error)
                 cell.restart_cancelled = True
             return
         if cell.state is not SUSPENDED or self.closing:
@@ -198,7 +201,7 @@ class SupervisorActor(LoopActor):
         if directive is Directive.RESUME and actor is not None:
             cell.resume()
         elif directive is Directive.STOP:
-            self._drop_waiting(cell, "stopped")
+            self._drop_waiting(cell, "stopped", error)
             self._stop_cell(cell, "stopped")
         else:
             self._restart(cell, error)
@@ -228,7 +231,7 @@ class SupervisorActor(LoopActor):
                 restarts=len(plan.state.restarts),
                 within=self.policy.within,
             )
-            self._drop_waiting(cell, "gave_up")
+            self._drop_waiting(cell, "gave_up", error)
             self._stop_cell(cell, "gave_up")
             return
         core.restarts += 1
@@ -269,11 +272,10 @@ class SupervisorActor(LoopActor):
         self.stopping += 1
         cell.stop(reason)
 
-    def _drop_waiting(self, cell: Cell, reason: str) -> None:
+    def _drop_waiting(self, cell: Cell, reason: str, cause: BaseException | None = None) -> None:
         dropped = cell.mailbox.take_all()
         self.core.pending -= len(dropped)
-        for envelope in dropped:
-            self.core.outcomes.on_dropped(cell.key, envelope, reason, envelope.attempt - 1)
+        self.core.outcomes.drop_all(cell.key, dropped, reason, cause)
 
     def _on_stopped(self, message: ChildStopped) -> None:
         cell, reason = message

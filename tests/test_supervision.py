@@ -321,11 +321,10 @@ async def test_restart_budget_gives_up_then_next_message_starts_fresh(clock: Fak
     assert len(gave_up) == 1
     assert gave_up[0]["log_level"] == "error"
     assert gave_up[0]["key"] == "u"
-    assert [e["reason"] for e in named(logs, "message_dead_lettered")] == ["failed"] * 3 + [
-        "gave_up",
-        "gave_up",
-        "failed",
-    ]
+    assert [e["reason"] for e in named(logs, "message_dead_lettered")] == ["failed"] * 4
+    # The mailbox dropped on giving up: one aggregated line, not one per message.
+    bulk = named(logs, "messages_dead_lettered")
+    assert [(e["reason"], e["count"], e["log_level"]) for e in bulk] == [("gave_up", 2, "warning")]
 
 
 async def test_idle_passivation_does_not_reset_the_restart_budget(clock: FakeClock) -> None:
@@ -705,6 +704,7 @@ async def test_lifecycle_events_are_logged_as_data(clock: FakeClock) -> None:
             "actor_restarted",
             "supervisor_gave_up",
             "message_dead_lettered",
+            "messages_dead_lettered",
             "actor_idle_stopped",
         }
     ]
@@ -717,7 +717,7 @@ async def test_lifecycle_events_are_logged_as_data(clock: FakeClock) -> None:
         ("actor_failed", "warning"),
         ("message_dead_lettered", "warning"),
         ("supervisor_gave_up", "error"),
-        ("message_dead_lettered", "warning"),  # "dropped", reason gave_up
+        ("messages_dead_lettered", "warning"),  # "dropped", reason gave_up: one line per drop
         ("actor_started", "debug"),
         ("actor_idle_stopped", "debug"),
     ]
@@ -729,9 +729,6 @@ async def test_lifecycle_events_are_logged_as_data(clock: FakeClock) -> None:
         "restart",
         1,
     )
-    assert [e["reason"] for e in named(logs, "message_dead_lettered")] == [
-        "failed",
-        "failed",
-        "gave_up",
-    ]
+    assert [e["reason"] for e in named(logs, "message_dead_lettered")] == ["failed", "failed"]
+    assert [e["reason"] for e in named(logs, "messages_dead_lettered")] == ["gave_up"]
     assert named(logs, "actor_idle_stopped")[0]["key"] == "u"
