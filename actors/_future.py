@@ -9,7 +9,10 @@ keeps its state in three slots that only the loop thread writes, so:
 * `future.get(timeout=...)` from any other thread waits on a
   `threading.Event` created only then (pykka's blocking interface);
 * `future.get()` on the loop thread raises `BlockingOnLoop` instead of
-  deadlocking the loop that must produce the value.
+  deadlocking the loop that must produce the value;
+* `future.cancel()` withdraws an ask whose handler has not started (the
+  message ends `Dropped("withdrawn")`), and so does cancelling a task that
+  awaits the future (`asyncio.wait_for(rt.ask(...), 5)` giving up).
 """
 
 from __future__ import annotations
@@ -22,7 +25,7 @@ from typing import TYPE_CHECKING, Any, Generic, TypeVar, cast
 import pykka
 from pykka._future import _Unset
 
-from actors._errors import BlockingOnLoop
+from actors._errors import BlockingOnLoop, FutureTimeout
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Generator
@@ -45,7 +48,7 @@ class LoopFuture(pykka.Future[T], Generic[T]):
     loop thread; every actor of the runtime runs there, so it always does.
     """
 
-    __slots__ = ("_loop", "_state", "_value")
+    __slots__ = ("_cell", "_loop", "_state", "_value")
 
     # pykka's combinators (map, filter, join, reduce) create `self.__class__()`
     # and give it a get hook; class-level defaults keep that working without
@@ -62,6 +65,7 @@ class LoopFuture(pykka.Future[T], Generic[T]):
         self._loop = loop
         self._state = _PENDING
         self._value: Any = None
+        self._cell: Any = None  # the key's cell, once an ask is accepted (see cancel)
 
     def __repr__(self) -> str:
         state = ("pending", "result", "exception")[self._state]
@@ -111,7 +115,44 @@ class LoopFuture(pykka.Future[T], Generic[T]):
         if self._callbacks is not None:
             callbacks, self._callbacks = self._callbacks, None
             for callback in callbacks:
-                callback(self)
+                try:
+                    callback(self)
+                except BaseException as exc:  # the caller's code must not derail the runtime
+                    _report(self._loop, "LoopFuture done callback failed", exc)
+
+    def cancel(self) -> bool:
+        """Withdraw the ask: True if its message had not started; it ends `Dropped("withdrawn")`.
+
+        False if the handler already started it, or it already has its outcome
+        (then interrupt it with a higher-priority `interrupt=True` message).
+        Thread-safe: from another thread it waits for the loop's answer.
+        """
+        cell = self._cell
+        if self._state != _PENDING or cell is None:
+            return False
+        loop = self._loop
+        if loop is None or _on_loop_thread(loop):
+            return bool(cell.withdraw(self))
+        answer: list[bool] = []
+        done = threading.Event()
+
+        def withdraw() -> None:
+            try:
+                answer.append(bool(cell.withdraw(self)))
+            finally:
+                done.set()
+
+        try:
+            loop.call_soon_threadsafe(withdraw)
+        except RuntimeError:  # the loop has closed
+            return False
+        done.wait(5.0)
+        return bool(answer and answer[0])
+
+    def cancelled(self) -> bool:
+        """Whether the ask was withdrawn (its outcome is `Dropped("withdrawn")`)."""
+        value = self._value
+        return self._state == _EXCEPTION and getattr(value, "reason", None) == "withdrawn"
 
     # -- consumption ---------------------------------------------------------
 
@@ -122,8 +163,22 @@ class LoopFuture(pykka.Future[T], Generic[T]):
 
     def __await__(self) -> Generator[Any, None, T]:
         if self._state == _PENDING:
-            yield from self._wait_on_running_loop().__await__()
+            try:
+                yield from self._wait_on_running_loop().__await__()
+            except asyncio.CancelledError:
+                # The awaiting task gave up (wait_for, a timeout scope, a cancelled task):
+                # the message need not run any more if it has not started.
+                if self._cell is not None and self._state == _PENDING:
+                    self._withdraw_soon()
+                raise
         return self._outcome()
+
+    def _withdraw_soon(self) -> None:
+        loop = self._loop
+        if loop is None or _on_loop_thread(loop):
+            self._cell.withdraw(self)
+        elif not loop.is_closed():
+            loop.call_soon_threadsafe(self._cell.withdraw, self)
 
     __iter__ = __await__
 
@@ -146,7 +201,8 @@ class LoopFuture(pykka.Future[T], Generic[T]):
         """Block the calling thread until the value arrives, as pykka's `Future.get`.
 
         Raises:
-            pykka.Timeout: if `timeout` seconds pass first.
+            FutureTimeout: if `timeout` seconds pass first (a `TimeoutError`, and a
+                `pykka.Timeout`).
             BlockingOnLoop: if called on the loop thread while still pending.
             Exception: the outcome, if it is an exception.
         """
@@ -174,7 +230,8 @@ class LoopFuture(pykka.Future[T], Generic[T]):
         else:
             event = self._event
         if not event.wait(timeout) and self._state == _PENDING:
-            raise pykka.Timeout(f"{timeout} seconds")
+            msg = f"no value within {timeout} seconds"
+            raise FutureTimeout(msg)
 
     def _attach_event(self, event: threading.Event) -> None:
         self._event = event
@@ -185,6 +242,14 @@ class LoopFuture(pykka.Future[T], Generic[T]):
 def _set_if_pending(fut: asyncio.Future[None]) -> None:
     if not fut.done():
         fut.set_result(None)
+
+
+def _report(loop: asyncio.AbstractEventLoop | None, message: str, exc: BaseException) -> None:
+    context = {"message": message, "exception": exc}
+    if loop is not None and not loop.is_closed():
+        loop.call_exception_handler(context)
+    else:
+        asyncio.get_event_loop_policy().get_event_loop().call_exception_handler(context)
 
 
 def _on_loop_thread(loop: asyncio.AbstractEventLoop) -> bool:

@@ -6,8 +6,9 @@ a chat backend with a million users. So:
 * if the application has configured structlog (`structlog.configure`, or a
   test's `capture_logs`), the library logs through that configuration and the
   application's level filtering decides;
-* if it has not, the library's logger filters at WARNING: an unconfigured
-  application sees warnings and errors only;
+* if it has not, the library's logger filters at WARNING and writes to
+  stderr: an unconfigured application sees warnings and errors only, and
+  never on its stdout;
 * `Runtime(log_level=logging.DEBUG)` (or any level) overrides both.
 
 Whether DEBUG events of the message path (each handled message, each drop
@@ -18,28 +19,57 @@ so a filtered-out event costs one attribute check per message.
 from __future__ import annotations
 
 import logging
+import sys
 from typing import Any
 
 import structlog
 
-__all__ = ["debug_enabled", "library_logger"]
+__all__ = ["check_level", "debug_enabled", "library_logger"]
 
 LOGGER_NAME = "inorder"
 
+_LEVELS = {
+    "debug": logging.DEBUG,
+    "info": logging.INFO,
+    "warning": logging.WARNING,
+    "error": logging.ERROR,
+    "critical": logging.CRITICAL,
+}
+
+
+def check_level(level: Any) -> int | None:
+    """Return `level` as a logging level number; raise `ValueError` for anything else.
+
+    Accepts the logging module's five levels, as numbers (`logging.INFO`) or
+    names (`"info"`, `"INFO"`), and `None` (the application decides).
+    """
+    if level is None:
+        return None
+    if isinstance(level, str) and level.lower() in _LEVELS:
+        return _LEVELS[level.lower()]
+    if not isinstance(level, bool) and isinstance(level, int) and level in _LEVELS.values():
+        return level
+    msg = (
+        f"log_level must be one of logging.DEBUG, INFO, WARNING, ERROR, CRITICAL "
+        f"(or their names), got {level!r}"
+    )
+    raise ValueError(msg)
+
 
 def library_logger(level: int | None = None) -> Any:
-    """Return the logger the runtime binds its context to."""
-    if level is not None:
-        return structlog.wrap_logger(
-            None,
-            wrapper_class=structlog.make_filtering_bound_logger(level),
-            logger_factory_args=(LOGGER_NAME,),
-        )
-    if structlog.is_configured():
+    """Return the logger the runtime binds its context to.
+
+    Unconfigured, structlog would print to stdout; a library's diagnostics
+    belong on stderr, so the fallback writes there.
+    """
+    configured = structlog.is_configured()
+    if configured and level is None:
         return structlog.get_logger(LOGGER_NAME)
     return structlog.wrap_logger(
-        None,
-        wrapper_class=structlog.make_filtering_bound_logger(logging.WARNING),
+        None if configured else structlog.PrintLogger(sys.stderr),
+        wrapper_class=structlog.make_filtering_bound_logger(
+            logging.WARNING if level is None else level
+        ),
         logger_factory_args=(LOGGER_NAME,),
     )
 

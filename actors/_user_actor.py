@@ -228,9 +228,17 @@ class Context:
         priority: int = 0,
         interrupt: bool = False,
         clear: bool = False,
+        ttl: float | None = None,
     ) -> None:
-        """Send a message to another user (or this one), like `Runtime.tell`."""
-        self._cell.host.tell(key, message, priority=priority, interrupt=interrupt, clear=clear)
+        """Send a message to another user (or this one), like `Runtime.tell`.
+
+        While the runtime stops, a handler is never refused: during the drain
+        its message is accepted and drained; after it, accepted and dropped
+        ("shutdown").
+        """
+        self._cell.host.tell(
+            key, message, priority=priority, interrupt=interrupt, clear=clear, ttl=ttl
+        )
 
     def __repr__(self) -> str:
         return f"<Context key={self.key!r} priority={self.priority} attempt={self.attempt}>"

@@ -8,6 +8,7 @@ to the supervisor actor.
 
 from __future__ import annotations
 
+import math
 from concurrent.futures import ThreadPoolExecutor
 from typing import TYPE_CHECKING, Any
 
@@ -28,7 +29,22 @@ if TYPE_CHECKING:
     from supervisors._policy import Directive, RestartPolicy
     from supervisors._supervisor import SupervisorActor
 
-__all__ = ["check_key", "check_priority"]
+__all__ = [
+    "CLOSING",
+    "DRAINING",
+    "RUNNING",
+    "STOPPED",
+    "check_flag",
+    "check_key",
+    "check_priority",
+    "check_ttl",
+]
+
+# The runtime's phases, as the router sees them (`_Core.phase`).
+RUNNING = 0  # accepts everything
+DRAINING = 1  # stop() was called: only handlers' own messages and earlier thread hand-overs
+CLOSING = 2  # the drain is over: handlers' messages are accepted and dropped ("shutdown")
+STOPPED = 3  # refuses everything
 
 
 def check_key(key: Any) -> None:
@@ -41,6 +57,22 @@ def check_priority(priority: Any) -> None:
     """Raise `InvalidPriority` unless `priority` is an `int` >= 0 (not `bool`)."""
     if isinstance(priority, bool) or not isinstance(priority, int) or priority < 0:
         raise InvalidPriority(priority)
+
+
+def check_flag(name: str, value: Any) -> None:
+    """Raise `TypeError` unless `value` is a `bool` (`interrupt="yes"` is a mistake)."""
+    if value is not True and value is not False:
+        msg = f"{name} must be a bool, got {value!r}"
+        raise TypeError(msg)
+
+
+def check_ttl(ttl: Any) -> None:
+    """Raise `ValueError` unless `ttl` is `None` or a finite number of seconds > 0."""
+    if ttl is None:
+        return
+    if isinstance(ttl, bool) or not isinstance(ttl, int | float) or not 0 < ttl < math.inf:
+        msg = f"ttl must be a number of seconds > 0 or None, got {ttl!r}"
+        raise ValueError(msg)
 
 
 class _Core(Host):
@@ -99,16 +131,23 @@ class _Core(Host):
         self.supervisor: SupervisorActor = None  # type: ignore[assignment]
         self.cells: dict[str | int, Cell] = {}
         self.ingress_size: Callable[[], int] = lambda: 0
-        self.public_tell: Callable[..., None] = self._loop_tell
+        self.context_tell: Callable[..., None] = self._context_tell
+        # Room reserved by other threads for messages in transit (written under the
+        # ingress lock; read here without it: a stale read only errs by one message).
+        self.transit: dict[str | int, int] = {}
+        self.in_transit = 0
+        self.phase = RUNNING
+        self.refusal = "the runtime is stopping or stopped: it accepts no more messages"
+        self.overruns = 0
 
-    def _loop_tell(self, key: Any, message: Any, **options: Any) -> None:
-        self.accept(
+    def _context_tell(self, key: Any, message: Any, **options: Any) -> None:
+        self.handler_tell(
             key,
             message,
             options.get("priority", 0),
             options.get("interrupt", False),
             options.get("clear", False),
-            None,
+            options.get("ttl"),
         )
 
     # -- the router ---------------------------------------------------------------
@@ -118,45 +157,127 @@ class _Core(Host):
         key: Any,
         message: Any,
         priority: Any,
-        interrupt: bool,
-        clear: bool,
+        interrupt: Any,
+        clear: Any,
         reply_to: Any,
+        ttl: Any = None,
     ) -> None:
         """Accept one message for `key`, or raise without enqueuing anything."""
         if not self.accepting:
-            msg = "the runtime is stopping or stopped: it accepts no more messages"
-            raise RuntimeStopped(msg)
+            raise RuntimeStopped(self.refusal)
         if type(key) is not str and type(key) is not int:
             check_key(key)
         if type(priority) is not int or priority < 0:
             check_priority(priority)
+        if interrupt is not False and interrupt is not True:
+            check_flag("interrupt", interrupt)
+        if clear is not False and clear is not True:
+            check_flag("clear", clear)
+        if ttl is not None:
+            check_ttl(ttl)
         cell = self.cells.get(key)
+        # Messages in transit from other threads hold room they reserved at their call site.
+        size = self.transit.get(key, 0) if self.in_transit else 0
         if cell is None:
             if key == "":
                 raise InvalidKey(key)
-            if self.max_total_pending is not None:
-                self._check_total(key)
-            cell = self.registry.open(key)
         else:
-            if cell._size >= self.max_pending:
-                raise MailboxFull(key, self.max_pending)
-            if self.max_total_pending is not None:
-                self._check_total(key)
+            size += cell._size
+        if size >= self.max_pending:
+            raise MailboxFull(key, self.max_pending)
+        if self.max_total_pending is not None:
+            self._check_total(key)
+        if cell is None:
+            cell = self.registry.open(key)
+        self.enqueue(cell, message, priority, interrupt, clear, reply_to, ttl)
+
+    def enqueue(
+        self,
+        cell: Cell,
+        message: Any,
+        priority: int,
+        interrupt: bool,
+        clear: bool,
+        reply_to: Any,
+        ttl: float | None,
+    ) -> None:
+        """Accept a validated message whose room is known to be there (it may be reserved)."""
         envelope = Envelope(message, reply_to, priority, self.now())
         self.accepted += 1
+        if reply_to is not None:
+            reply_to._cell = cell  # so that the asker can withdraw it (LoopFuture.cancel)
         if cell.state is PARKED:
-            self.outcomes.on_dropped(key, envelope, "parked")
+            self.outcomes.on_dropped(cell.key, envelope, "parked")
             return
         self.pending += 1
+        if ttl is not None:
+            envelope.expiry = self.clock.call_at(envelope.accepted_at + ttl, cell.expire, envelope)
         if clear:
             self._clear_below(cell, priority)
-        if interrupt and cell.current is not None:
-            cell.interrupt(priority)
+        if interrupt and cell.current is not None and not cell.interrupt(priority) and self.trace:
+            self.log.debug(
+                "interrupt_ignored",
+                key=cell.key,
+                priority=priority,
+                in_flight_priority=cell.current.priority,
+            )
         cell.deliver(envelope)
+
+    def accept_submission(self, item: Any) -> None:
+        """Accept what another thread handed over (`Ingress`); its room was reserved.
+
+        While the runtime drains for a stop, it is still accepted: its call site
+        returned before the stop. Later it ends `Dropped("shutdown")`.
+        """
+        phase = self.phase
+        if phase <= DRAINING:  # RUNNING or DRAINING
+            cell = self.cells.get(item.key)
+            if cell is None:
+                cell = self.registry.open(item.key)
+            self.enqueue(
+                cell,
+                item.message,
+                item.priority,
+                item.interrupt,
+                item.clear,
+                item.reply_to,
+                item.ttl,
+            )
+        else:
+            self.drop_late(item.key, item.message, item.priority, item.reply_to)
+
+    def handler_tell(
+        self, key: Any, message: Any, priority: Any, interrupt: Any, clear: Any, ttl: Any
+    ) -> None:
+        """`Context.tell` on the loop thread: a handler is never refused for a stop (G10).
+
+        During the stop's drain its message is accepted and drained like any other;
+        after the drain it is accepted and ends `Dropped("shutdown")` at once.
+        """
+        phase = self.phase
+        if phase == RUNNING:
+            self.accept(key, message, priority, interrupt, clear, None, ttl)
+        elif phase == DRAINING:
+            self.accepting = True
+            try:
+                self.accept(key, message, priority, interrupt, clear, None, ttl)
+            finally:
+                self.accepting = False
+        elif phase == CLOSING:
+            check_key(key)
+            check_priority(priority)
+            self.drop_late(key, message, priority, None)
+        else:
+            raise RuntimeStopped(self.refusal)
+
+    def drop_late(self, key: Any, message: Any, priority: int, reply_to: Any) -> None:
+        """Count a message accepted too late for the shutdown, and drop it ("shutdown")."""
+        self.accepted += 1
+        self.outcomes.on_dropped(key, Envelope(message, reply_to, priority, self.now()), "shutdown")
 
     def _check_total(self, key: str | int) -> None:
         limit = self.max_total_pending
-        if limit is not None and self.pending >= limit:
+        if limit is not None and self.pending + self.in_transit >= limit:
             raise MailboxFull(key, limit, scope="runtime")
 
     def _clear_below(self, cell: Cell, priority: int) -> None:
@@ -168,8 +289,8 @@ class _Core(Host):
             self.outcomes.on_dropped(cell.key, envelope, "cleared", envelope.attempt - 1)
 
     def tell(self, key: Any, message: Any, **options: Any) -> None:
-        """`Context.tell`: through `Runtime.tell`, since blocking handlers run on pool threads."""
-        self.public_tell(key, message, **options)
+        """`Context.tell`, through the runtime: blocking handlers run on pool threads."""
+        self.context_tell(key, message, **options)
 
     # -- the cells' host ------------------------------------------------------------
 

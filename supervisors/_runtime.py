@@ -21,27 +21,33 @@ What happens when, for `async with Runtime(Bot) as rt:`:
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import heapq
 import threading
 import time
-from dataclasses import dataclass
 from threading import get_ident
 from typing import TYPE_CHECKING, Any, Self, TypeVar, final
 
 from actors._clock import LoopClock
-from actors._errors import InorderError, MailboxFull, RuntimeStopped
+from actors._errors import RuntimeStopped
 from actors._future import LoopFuture
-from actors._logging import debug_enabled, library_logger
-from actors._mailbox import Envelope
+from actors._logging import check_level, debug_enabled, library_logger
 from actors._outcomes import Outcomes
 from actors._registry import RegistryActor
 from actors._user_actor import UserActor
-from supervisors._core import _Core, check_key, check_priority
+from supervisors import _background
+from supervisors._core import (
+    CLOSING,
+    DRAINING,
+    _Core,
+    check_flag,
+    check_key,
+    check_priority,
+    check_ttl,
+)
 from supervisors._ingress import Ingress, Submission
 from supervisors._policy import Directive, RestartPolicy
 from supervisors._quiescence import wait_idle
-from supervisors._shutdown import shutdown
+from supervisors._shutdown import ShutdownSummary, abort, shutdown
 from supervisors._supervisor import SupervisorActor
 
 if TYPE_CHECKING:
@@ -58,27 +64,6 @@ _T = TypeVar("_T")
 
 def _stop_on_escalate(_: BaseException) -> Directive:
     return Directive.STOP
-
-
-@final
-@dataclass(frozen=True, slots=True)
-class ShutdownSummary:
-    """What `Runtime.stop` did, and the lifetime totals at the end."""
-
-    drained: bool
-    """True if everything that waited was handled before the timeout."""
-    dropped_on_stop: int
-    """Waiting messages dropped with reason "shutdown"."""
-    interrupted_on_stop: int
-    """Messages in flight whose handler was cancelled."""
-    actors_stopped: int
-    """Live actors whose `on_stop("shutdown")` ran."""
-    elapsed_s: float
-    accepted: int
-    handled: int
-    failed: int
-    interrupted: int
-    dropped: int
 
 
 @final
@@ -115,7 +100,7 @@ class Runtime:
         dead_letter_limit: int = 10_000,
         on_dead_letter: Callable[[DeadLetter], None] | None = None,
         clock: Clock | None = None,
-        log_level: int | None = None,
+        log_level: int | str | None = None,
         max_workers: int | None = None,
         batch: int = 64,
     ) -> None:
@@ -163,7 +148,7 @@ class Runtime:
         self._dead_letter_limit = dead_letter_limit
         self._on_dead_letter = on_dead_letter
         self._clock = clock
-        self._log_level = log_level
+        self._log_level = check_level(log_level)
         self._core: _Core | None = None
         self._accept: Callable[..., None] = _not_started
         self._ingress: Ingress | None = None
@@ -174,6 +159,7 @@ class Runtime:
         self._thread: threading.Thread | None = None
         self._thread_error: BaseException | None = None
         self._done: asyncio.Event | None = None
+        self._watch: asyncio.Task[None] | None = None
 
     def __repr__(self) -> str:
         return f"<Runtime {self._state}>"
@@ -213,8 +199,8 @@ class Runtime:
         core.registry._start_actor_loop()
         core.supervisor._start_actor_loop()
         core.cells = core.registry.cells
-        core.public_tell = self.tell
-        self._ingress = Ingress(loop, self._from_ingress, core.notify)
+        core.context_tell = self._context_tell
+        self._ingress = Ingress(loop, core, core.notify)
         core.ingress_size = self._ingress.__len__
         self._core = core
         self._accept = core.accept
@@ -222,6 +208,9 @@ class Runtime:
         self._loop_thread = threading.get_ident()
         self._done = asyncio.Event()
         self._state = "running"
+        # Notices a loop that ends without stop() (asyncio.run returned): asyncio then
+        # cancels every task, this one included, and the runtime settles what it holds.
+        self._watch = loop.create_task(self._watch_loop(), name="inorder-watch")
         log.info(
             "runtime_started", max_pending=opts["max_pending"], idle_timeout=opts["idle_timeout"]
         )
@@ -241,10 +230,15 @@ class Runtime:
     def stop(self, *, drain: bool = True, timeout: float = 10.0) -> LoopFuture[ShutdownSummary]:
         """Stop the runtime; returns a future of the `ShutdownSummary`.
 
-        Await it on the loop, or `.get(timeout=...)` it from another thread.
+        Await it on the loop, or `.get(timeout=...)` it from another thread. The
+        summary arrives within `timeout` plus `SHUTDOWN_GRACE` (1 s) seconds.
         Idempotent: later calls return the same future (their options are
         ignored). With `drain=False`, waiting messages are dropped at once.
         """
+        check_flag("drain", drain)
+        if isinstance(timeout, bool) or not isinstance(timeout, int | float) or not timeout >= 0:
+            msg = f"timeout must be a number of seconds >= 0, got {timeout!r}"
+            raise ValueError(msg)
         if self._state == "new":
             msg = "this runtime was never started"
             raise RuntimeStopped(msg)
@@ -255,13 +249,19 @@ class Runtime:
             if threading.get_ident() == self._loop_thread:
                 self._begin_stop(future, drain, timeout)
             else:
-                loop.call_soon_threadsafe(self._begin_stop, future, drain, timeout)
+                try:
+                    loop.call_soon_threadsafe(self._begin_stop, future, drain, timeout)
+                except RuntimeError:  # the loop closed without cancelling our watch
+                    self._abort()
         return self._stop_future
 
     def _begin_stop(self, future: LoopFuture[ShutdownSummary], drain: bool, timeout: float) -> None:
+        if self._state != "running":
+            return  # the loop ended first (see _abort), which resolved the future
         self._state = "stopping"
         core: _Core = self._core  # type: ignore[assignment]
         core.accepting = False
+        core.phase = DRAINING if drain else CLOSING
         task = core.loop.create_task(self._shutdown(drain, timeout))
         task.add_done_callback(lambda t: _resolve(future, t))
 
@@ -270,25 +270,36 @@ class Runtime:
         ingress: Ingress = self._ingress  # type: ignore[assignment]
         started = time.monotonic()
         try:
-            return await shutdown(
-                core, ingress, self._accept_late, drain=drain, timeout=timeout, started=started
-            )
+            return await shutdown(core, ingress, drain=drain, timeout=timeout, started=started)
         finally:
             self._state = "stopped"
             self._done.set()  # type: ignore[union-attr]
 
-    # -- background-thread mode ---------------------------------------------------------
+    async def _watch_loop(self) -> None:
+        try:
+            await self._done.wait()  # type: ignore[union-attr]
+        except asyncio.CancelledError:
+            self._abort()
+            raise
+
+    def _abort(self) -> None:
+        """The loop ended without `stop()`: settle everything at once, refuse what follows."""
+        core = self._core
+        if core is None or self._state == "stopped":
+            return
+        self._state = "stopped"
+        summary = abort(core, self._ingress)  # type: ignore[arg-type]
+        if self._stop_future is None:
+            self._stop_future = LoopFuture(self._loop)
+        self._stop_future.set(summary)
+        if self._done is not None:
+            self._done.set()
+
+    # -- background-thread mode (supervisors/_background.py) -----------------------------
 
     def __enter__(self) -> Self:
         """Run the runtime's loop on a background thread (for code that is not async)."""
-        ready = threading.Event()
-        self._thread = threading.Thread(
-            target=self._serve, args=(ready,), name="inorder-loop", daemon=True
-        )
-        self._thread.start()
-        ready.wait()
-        if self._thread_error is not None:
-            raise self._thread_error
+        _background.enter(self)
         return self
 
     def __exit__(
@@ -297,24 +308,8 @@ class Runtime:
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> None:
-        self.stop().get()
-        if self._thread is not None:
-            self._thread.join()
-
-    def _serve(self, ready: threading.Event) -> None:
-        async def main() -> None:
-            try:
-                await self.start()
-            except BaseException as exc:
-                self._thread_error = exc
-                raise
-            finally:
-                ready.set()
-            await self._done.wait()  # type: ignore[union-attr]
-
-        # A start failure is re-raised by __enter__ from _thread_error.
-        with contextlib.suppress(BaseException):
-            asyncio.run(main())
+        """Stop (draining), and leave without waiting for handlers the stop abandoned."""
+        _background.leave(self)
 
     # -- messages ---------------------------------------------------------------------------
 
@@ -326,22 +321,27 @@ class Runtime:
         priority: int = 0,
         interrupt: bool = False,
         clear: bool = False,
+        ttl: float | None = None,
     ) -> None:
         """Send `message` to `key`'s actor; returns once accepted. Thread-safe.
 
         `priority` (int >= 0, higher first) picks the lane; `interrupt=True`
-        cancels the handler in flight if its priority is lower; `clear=True`
-        drops the waiting messages of lower priority.
+        cancels the handler in flight if its priority is lower (else it has no
+        effect); `clear=True` drops the waiting messages of lower priority;
+        `ttl` (seconds) drops the message as `Dropped("expired")` if its handler
+        has not started by then.
 
         Raises:
-            InvalidKey, InvalidPriority: bad input (nothing is enqueued).
-            MailboxFull: the key's mailbox (or the runtime-wide bound) is full.
+            InvalidKey, InvalidPriority, TypeError, ValueError: bad input (nothing
+                is enqueued).
+            MailboxFull: the key's mailbox (or the runtime-wide bound) is full,
+                counting messages other threads have in transit.
             RuntimeStopped: the runtime is not running.
         """
         if get_ident() == self._loop_thread:
-            self._accept(key, message, priority, interrupt, clear, None)
+            self._accept(key, message, priority, interrupt, clear, None, ttl)
         else:
-            self._submit(key, message, priority, interrupt, clear, None)
+            self._submit(key, message, priority, interrupt, clear, None, ttl, False)
 
     def ask(
         self,
@@ -351,68 +351,69 @@ class Runtime:
         priority: int = 0,
         interrupt: bool = False,
         clear: bool = False,
+        ttl: float | None = None,
     ) -> LoopFuture[Any]:
         """Like `tell`, and return a future of the handler's result. Thread-safe.
 
         The future is awaitable on the loop and has pykka's blocking
-        `get(timeout=...)` for other threads. It raises the handler's
-        exception, `Interrupted`, or `Dropped` (with a `reason`).
+        `get(timeout=...)` for other threads (past it: `FutureTimeout`). It
+        raises the handler's exception (`HandlerCrashed` wrapping one that is
+        not an `Exception`), `Interrupted`, or `Dropped` (with a `reason`).
+        `future.cancel()`, or cancelling a task that awaits it, withdraws the
+        message if its handler has not started (`Dropped("withdrawn")`).
         """
-        if threading.get_ident() == self._loop_thread:
-            core: _Core = self._core  # type: ignore[assignment]
-            future: LoopFuture[Any] = LoopFuture(core.loop)
-            core.accept(key, message, priority, interrupt, clear, future)
+        if get_ident() == self._loop_thread:
+            future: LoopFuture[Any] = LoopFuture(self._loop)
+            self._accept(key, message, priority, interrupt, clear, future, ttl)
         else:
             future = LoopFuture(self._loop)
-            self._submit(key, message, priority, interrupt, clear, future)
+            self._submit(key, message, priority, interrupt, clear, future, ttl, False)
         return future
 
     def _submit(
-        self, key: Any, message: Any, priority: Any, interrupt: bool, clear: bool, reply_to: Any
+        self,
+        key: Any,
+        message: Any,
+        priority: Any,
+        interrupt: Any,
+        clear: Any,
+        reply_to: Any,
+        ttl: Any,
+        internal: bool,
     ) -> None:
+        """A call from another thread: validated here, room reserved, handed to the loop."""
         check_key(key)
         check_priority(priority)
-        core = self._core
+        check_flag("interrupt", interrupt)
+        check_flag("clear", clear)
+        check_ttl(ttl)
         ingress = self._ingress
-        if self._state != "running" or core is None or ingress is None:
+        if ingress is None:
+            _not_started()
+        # A handler's own messages still go in while the runtime stops (see _Core.handler_tell).
+        if self._state != "running" and not (internal and self._state == "stopping"):
             msg = f"the runtime is {self._state}: it accepts no messages"
             raise RuntimeStopped(msg)
-        cell = core.cells.get(key)
-        if (
-            cell is not None and len(cell.mailbox) >= core.max_pending
-        ):  # best effort, see _accept_late
-            raise MailboxFull(key, core.max_pending)
-        try:
-            ingress.submit(Submission(key, message, priority, interrupt, clear, reply_to))
-        except RuntimeError as exc:  # the loop has closed
-            msg = "the runtime has stopped"
-            raise RuntimeStopped(msg) from exc
+        ingress.submit(  # type: ignore[union-attr]
+            Submission(key, message, priority, interrupt, clear, reply_to, ttl, internal)
+        )
 
-    def _from_ingress(self, item: Submission) -> None:
-        self._accept_late(item, force=False)
-
-    def _accept_late(self, item: Submission, *, force: bool) -> None:
-        """Accept what a thread handed over; what cannot be accepted any more still gets an outcome.
-
-        The call site already returned (a tell returned None), so a mailbox that
-        filled up meanwhile, or a shutdown, turns the message into a drop.
-        """
-        core: _Core = self._core  # type: ignore[assignment]
-        accepting = core.accepting
-        if force:
-            core.accepting = True
-        try:
-            core.accept(*item)
-        except InorderError as exc:
-            if item.reply_to is not None:
-                item.reply_to.set_exception(exc)
-            else:
-                reason = "mailbox_full" if isinstance(exc, MailboxFull) else "shutdown"
-                core.accepted += 1
-                envelope = Envelope(item.message, None, item.priority, core.now())
-                core.outcomes.on_dropped(item.key, envelope, reason)
-        finally:
-            core.accepting = accepting
+    def _context_tell(
+        self,
+        key: Any,
+        message: Any,
+        *,
+        priority: int = 0,
+        interrupt: bool = False,
+        clear: bool = False,
+        ttl: float | None = None,
+    ) -> None:
+        """`Context.tell`: on the loop, or from a blocking handler's pool thread."""
+        if get_ident() == self._loop_thread:
+            core: _Core = self._core  # type: ignore[assignment]
+            core.handler_tell(key, message, priority, interrupt, clear, ttl)
+        else:
+            self._submit(key, message, priority, interrupt, clear, None, ttl, True)
 
     # -- introspection -------------------------------------------------------------------------
 
@@ -423,13 +424,16 @@ class Runtime:
         await wait_idle(self._core)
 
     def stats(self) -> dict[str, Any]:
-        """Live figures: actors, pending messages, outcome counts, restarts, latencies."""
+        """Live figures: actors, pending messages, outcome counts, restarts, latencies.
+
+        Before `start()` the same keys, with zeros.
+        """
         return self._on_loop(self._stats)
 
     def _stats(self) -> dict[str, Any]:
         core = self._core
         if core is None:
-            return {}
+            return _zero_stats(self._state)
         out = core.outcomes
         cells = core.cells.values()
         wait_ms, run_ms = out.latency.summary()
@@ -442,6 +446,7 @@ class Runtime:
             "pending": core.pending + core.ingress_size(),
             "pending_by_key": {c.key: len(c.mailbox) for c in deepest},
             "in_flight": sum(1 for c in cells if c.current is not None),
+            "overrunning": sum(1 for c in cells if c.late is not None),
             "accepted": core.accepted,
             "handled": out.handled,
             "failed": out.failed,
@@ -451,6 +456,7 @@ class Runtime:
             "restarts": core.restarts,
             "gave_up": core.gave_up,
             "actor_failures": core.actor_failures,
+            "overruns": core.overruns,
             "activations": core.activations,
             "idle_stops": core.idle_stops,
             "wait_ms": wait_ms,
@@ -468,8 +474,11 @@ class Runtime:
         """The retained dead letters (failed or dropped messages), oldest first."""
         return self._on_loop(lambda: self._core.outcomes.dead_letters() if self._core else [])
 
-    def redeliver(self, letter: DeadLetter) -> None:
-        """Send a dead letter's message to its key again (as a new `tell`) and forget the record.
+    def redeliver(self, letter: DeadLetter) -> LoopFuture[Any]:
+        """Send a dead letter's message to its key again and forget the record.
+
+        Returns the future of the redelivered message (as `ask` does), so the
+        caller sees how it ends this time.
 
         Raises:
             ValueError: the letter is not (or no longer) retained, e.g. already redelivered.
@@ -477,7 +486,7 @@ class Runtime:
         if not self._on_loop(lambda: self._core.outcomes.forget(letter) if self._core else False):
             msg = f"{letter!r} is not a retained dead letter (already redelivered?)"
             raise ValueError(msg)
-        self.tell(letter.key, letter.message, priority=letter.priority)
+        return self.ask(letter.key, letter.message, priority=letter.priority)
 
     def _on_loop(self, fn: Callable[[], _T]) -> _T:
         loop = self._loop
@@ -499,8 +508,45 @@ class Runtime:
 
 
 def _not_started(*_: Any) -> None:
-    msg = "this runtime is not running"
+    msg = (
+        "this runtime is not started: use `async with Runtime(...) as rt:` (or "
+        "`await rt.start()`) on a running event loop, or `with Runtime(...) as rt:` "
+        "to run it on a background thread"
+    )
     raise RuntimeStopped(msg)
+
+
+def _zero_stats(state: str) -> dict[str, Any]:
+    latency = {"count": 0, "p50": 0.0, "p90": 0.0, "p99": 0.0, "max": 0.0}
+    counts: dict[str, Any] = dict.fromkeys(
+        (
+            "live_actors",
+            "known_keys",
+            "pending",
+            "in_flight",
+            "overrunning",
+            "accepted",
+            "handled",
+            "failed",
+            "interrupted",
+            "dropped",
+            "dead_letters",
+            "restarts",
+            "gave_up",
+            "actor_failures",
+            "overruns",
+            "activations",
+            "idle_stops",
+        ),
+        0,
+    )
+    return {
+        "state": state,
+        **counts,
+        "pending_by_key": {},
+        "wait_ms": latency,
+        "run_ms": dict(latency),
+    }
 
 
 def _depth(cell: Any) -> int:

@@ -1,68 +1,95 @@
-"""Clean shutdown (G10), step by step.
+"""Clean shutdown (G10), step by step, and the settling of a loop that ended without one.
+
+`shutdown`, for `stop(drain=..., timeout=T)`:
 
 1. Whatever other threads handed over before the stop is accepted.
 2. With `drain=True`, the runtime keeps working (restarts included) until
-   nothing waits or `timeout` seconds have passed.
+   nothing waits or `T` seconds have passed. Handlers may still send their
+   own follow-ups (`ctx.tell`), which are drained too.
 3. The supervisor stops creating incarnations; every waiting message is
-   dropped("shutdown"); handlers still running are cancelled, and their
-   messages end `Interrupted("shutdown")`. A blocking handler cannot be
-   cancelled: it sees `ctx.interrupted` and is waited for, within the
-   remaining time; past that its message is resolved interrupted anyway and
-   the thread is abandoned (logged at ERROR).
+   dropped("shutdown") (a handler's later `ctx.tell` is accepted and dropped
+   the same way); handlers still running are cancelled, and their messages
+   end `Interrupted("shutdown")`. A blocking handler cannot be cancelled: it
+   sees `ctx.interrupted` and is waited for.
 4. `on_stop("shutdown")` runs for every live actor (an idle stop already in
-   progress finishes instead).
-5. The control actors and the thread pool stop; the summary is returned.
+   progress finishes instead). An incarnation whose handler is still running
+   gets its `on_stop` only once that handler has returned (G2).
+5. The control actors, the ingress and the thread pool stop; the summary is
+   returned.
+
+Steps 3 and 4 share what is left of `T + SHUTDOWN_GRACE`, half of the grace
+at least for each. A handler still running when its share runs out is
+abandoned: its message ends `Interrupted("shutdown")` now (logged at ERROR),
+and nothing waits for it any more. So `stop` returns within `T` plus the grace.
+
+`abort` is the same settling, done at once and synchronously, for a loop that
+is ending without `stop()` (an `asyncio.run` that returned).
 """
 
 from __future__ import annotations
 
 import asyncio
 import time
-from typing import TYPE_CHECKING, Any
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, final
 
 from actors._cell import STOPPING
+from supervisors._core import CLOSING, STOPPED
 from supervisors._quiescence import wait_idle
 
 if TYPE_CHECKING:
-    from collections.abc import Callable
-
     from supervisors._core import _Core
-    from supervisors._ingress import Ingress, Submission
-    from supervisors._runtime import ShutdownSummary
+    from supervisors._ingress import Ingress
 
-__all__ = ["shutdown"]
+__all__ = ["SHUTDOWN_GRACE", "ShutdownSummary", "abort", "shutdown"]
 
-_GRACE = 1.0  # seconds granted to on_stop hooks and cancelled handlers even after a drain timeout
+#: Seconds `stop(timeout=T)` may take past `T`: for cancelled handlers and `on_stop` hooks.
+SHUTDOWN_GRACE = 1.0
+
+
+@final
+@dataclass(frozen=True, slots=True)
+class ShutdownSummary:
+    """What `Runtime.stop` did, and the lifetime totals at the end."""
+
+    drained: bool
+    """True if everything that waited was handled before the timeout."""
+    dropped_on_stop: int
+    """Waiting messages dropped with reason "shutdown"."""
+    interrupted_on_stop: int
+    """Messages in flight whose handler was cancelled (or abandoned)."""
+    actors_stopped: int
+    """Live actors whose `on_stop("shutdown")` ran."""
+    elapsed_s: float
+    accepted: int
+    handled: int
+    failed: int
+    interrupted: int
+    dropped: int
 
 
 async def shutdown(
-    core: _Core,
-    ingress: Ingress,
-    accept_late: Callable[..., None],
-    *,
-    drain: bool,
-    timeout: float,
-    started: float,
+    core: _Core, ingress: Ingress, *, drain: bool, timeout: float, started: float
 ) -> ShutdownSummary:
-    from supervisors._runtime import ShutdownSummary
-
-    for item in ingress.take_all():
-        accept_late(item, force=True)
+    end = started + timeout + SHUTDOWN_GRACE
+    ingress.drain()  # hand-overs that returned before the stop: accepted (or dropped)
     drained = await _drain(core, timeout) if drain else core.pending == 0
+    core.phase = CLOSING
     core.supervisor.close()
     interrupted_before = core.outcomes.interrupted
-    dropped = _drop_everything(core, ingress)
-    await _settle_tasks(core, max(_GRACE, timeout - (time.monotonic() - started)))
+    dropped = _drop_everything(core)
+    await _settle_tasks(core, max(end - SHUTDOWN_GRACE / 2, time.monotonic() + SHUTDOWN_GRACE / 2))
     stopped = 0
     for cell in list(core.cells.values()):
         if cell.actor is not None and cell.state is not STOPPING:
             core.supervisor.begin_stop(cell, "shutdown")
-            stopped += 1
-    await _settle_tasks(core, max(_GRACE, timeout - (time.monotonic() - started)))
-    dropped += _drop_everything(core, ingress)  # anything a hook or a late thread added
-    core.supervisor.actor_ref.stop(block=False)
-    core.registry.actor_ref.stop(block=False)
-    core.shutdown_executor()
+            stopped += cell.late is None  # else on_stop waits for its handler to return
+    await _settle_tasks(core, max(end, time.monotonic() + SHUTDOWN_GRACE / 2))
+    dropped += _drop_everything(core)  # anything a hook added meanwhile
+    for item in ingress.close():
+        core.drop_late(item.key, item.message, item.priority, item.reply_to)
+        dropped += 1
+    _close(core, "the runtime has stopped: it accepts no messages")
     out = core.outcomes
     summary = ShutdownSummary(
         drained=drained,
@@ -88,6 +115,52 @@ async def shutdown(
     return summary
 
 
+def abort(core: _Core, ingress: Ingress) -> ShutdownSummary:
+    """Settle everything now: the loop is ending without `stop()` (loop thread, no awaits).
+
+    Waiting messages end `Dropped("shutdown")`, messages in flight
+    `Interrupted("shutdown")`, failures still awaiting the supervisor's verdict
+    `failed`; later calls raise `RuntimeStopped`. No `on_stop` runs: there is
+    no loop left to run it on.
+    """
+    core.phase = CLOSING
+    core.accepting = False
+    core.supervisor.close()
+    interrupted_before = core.outcomes.interrupted
+    dropped = 0
+    for item in ingress.close():
+        core.drop_late(item.key, item.message, item.priority, item.reply_to)
+        dropped += 1
+    dropped += _drop_everything(core, cancel=False)
+    for cell in list(core.cells.values()):
+        cell.abandon()
+    core.supervisor._process_inbox()  # verdicts of failures already reported: failed
+    _close(core, "the runtime's event loop ended without stop(): it accepts no messages")
+    out = core.outcomes
+    core.log.warning("runtime_abandoned", dropped=dropped, reason="the loop ended without stop()")
+    return ShutdownSummary(
+        drained=False,
+        dropped_on_stop=dropped,
+        interrupted_on_stop=out.interrupted - interrupted_before,
+        actors_stopped=0,
+        elapsed_s=0.0,
+        accepted=core.accepted,
+        handled=out.handled,
+        failed=out.failed,
+        interrupted=out.interrupted,
+        dropped=out.dropped,
+    )
+
+
+def _close(core: _Core, refusal: str) -> None:
+    core.phase = STOPPED
+    core.accepting = False
+    core.refusal = refusal
+    core.supervisor.actor_ref.stop(block=False)
+    core.registry.actor_ref.stop(block=False)
+    core.shutdown_executor()
+
+
 async def _drain(core: _Core, timeout: float) -> bool:
     """Let the runtime work until nothing waits; False if `timeout` ran out first."""
 
@@ -105,12 +178,9 @@ async def _drain(core: _Core, timeout: float) -> bool:
     return True
 
 
-def _drop_everything(core: _Core, ingress: Ingress) -> int:
-    """Drop what waits (mailboxes and ingress), cancel timers and running bursts."""
+def _drop_everything(core: _Core, *, cancel: bool = True) -> int:
+    """Drop what waits in the mailboxes, cancel timers and (if `cancel`) running bursts."""
     dropped = 0
-    for item in ingress.take_all():
-        _drop_submission(core, item)
-        dropped += 1
     for cell in list(core.cells.values()):
         if cell.timer is not None:
             cell.timer.cancel()
@@ -118,25 +188,17 @@ def _drop_everything(core: _Core, ingress: Ingress) -> int:
         waiting = cell.mailbox.take_all()
         core.pending -= len(waiting)
         for envelope in waiting:
-            core.outcomes.on_dropped(cell.key, envelope, "shutdown", envelope.attempt - 1)
+            core.outcomes.on_dropped(
+                cell.key, envelope, "shutdown", envelope.attempt - 1, log=core.trace
+            )
         dropped += len(waiting)
-        if cell.state is not STOPPING:
+        if cancel:
             cell.cancel()
     return dropped
 
 
-def _drop_submission(core: _Core, item: Submission) -> None:
-    from actors._mailbox import Envelope
-
-    core.accepted += 1
-    core.outcomes.on_dropped(
-        item.key, Envelope(item.message, item.reply_to, item.priority, core.now()), "shutdown"
-    )
-
-
-async def _settle_tasks(core: _Core, budget: float) -> None:
-    """Wait for the cells' tasks; past `budget`, resolve what is stuck and move on."""
-    deadline = time.monotonic() + budget
+async def _settle_tasks(core: _Core, deadline: float) -> None:
+    """Wait for the cells' tasks until `deadline`; then abandon what still runs."""
     while core.tasks:
         remaining = deadline - time.monotonic()
         if remaining <= 0:
@@ -149,14 +211,11 @@ async def _settle_tasks(core: _Core, budget: float) -> None:
 
 def _abandon(core: _Core) -> None:
     for cell in list(core.cells.values()):
-        envelope: Any = cell.current
-        if envelope is not None:
-            cell.current = None
-            core.outcomes.on_interrupted(cell.key, envelope, "shutdown")
+        if cell.abandon() is not None:
             core.log.error(
                 "handler_abandoned",
                 key=cell.key,
-                reason="still running when the shutdown timed out",
+                reason="still running when the shutdown's time ran out",
             )
     for task in list(core.tasks):
         task.cancel()

@@ -445,16 +445,29 @@ class TestThreads:
             def call_soon_threadsafe(self, callback: Any) -> None:
                 self.scheduled.append(callback)
 
-        loop = CountingLoop()
         received: list[Any] = []
-        ingress = Ingress(loop, received.append)  # type: ignore[arg-type]
+
+        class Core:  # what the ingress reads of the router, and where it delivers
+            transit: dict[Any, int] = {}
+            in_transit = 0
+            cells: dict[Any, Any] = {}
+            max_pending = 10_000
+            max_total_pending = None
+            pending = 0
+            accept_submission = received.append
+
+        loop = CountingLoop()
+        core = Core()
+        ingress = Ingress(loop, core)  # type: ignore[arg-type]
         for i in range(1000):
-            ingress.submit(Submission("k", i, 0, False, False, None))
+            ingress.submit(Submission("k", i, 0, False, False, None, None, False))
 
         assert len(loop.scheduled) == 1
+        assert (core.in_transit, core.transit) == (1000, {"k": 1000})  # room reserved
         loop.scheduled.pop()()
         assert [item.message for item in received] == list(range(1000))
-        ingress.submit(Submission("k", "next", 0, False, False, None))
+        assert (core.in_transit, core.transit) == (0, {})
+        ingress.submit(Submission("k", "next", 0, False, False, None, None, False))
         assert len(loop.scheduled) == 1
 
     async def test_ask_from_thread_and_get(self) -> None:
