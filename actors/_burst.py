@@ -111,8 +111,10 @@ async def in_thread(cell: Cell, handler: Any, envelope: Envelope, ctx: Context) 
         try:
             return await asyncio.shield(future)
         except asyncio.CancelledError:
+            if future.done():
+                raise  # the handler itself raised it in its thread
             ctx.interrupted = True
-            if not future.done() and cell.leave_thread(envelope, future):
+            if cell.leave_thread(envelope, future):
                 raise
 
 

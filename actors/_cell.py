@@ -115,6 +115,10 @@ class Host(ABC):
     @abstractmethod
     def notify(self) -> None: ...
 
+    @abstractmethod
+    def loop_ending(self) -> bool:
+        """Whether the loop is being torn down (every task cancelled); if so, settle all."""
+
 
 class Cell(Mailbox):
     """One key's mailbox, incarnation and in-flight message. Loop thread only.
@@ -422,12 +426,18 @@ class Cell(Mailbox):
         if cut is not None:
             return FINISH
         task = self.task
-        # Someone cancelled the burst task itself (application code, or the loop being torn
-        # down): honour it once the failure is recorded. Otherwise the key goes on.
-        honour = task is not None and task.cancelling() > 0
+        if task is not None and task.cancelling() > 0:
+            # Someone cancelled the burst task itself. If the loop is being torn down
+            # (asyncio.run returning, an application cancelling every task), the runtime
+            # settles everything, this message included; else it is this handler's failure.
+            if self.host.loop_ending() or self.current is not envelope:
+                return RERAISE
+            self._disarm()
+            self._fail(envelope, error)
+            return RERAISE
         self._disarm()
         self._fail(envelope, error)
-        return RERAISE if honour else END
+        return END
 
     def failed(self, envelope: Envelope, error: BaseException) -> bool:
         """The handler raised `error`: report it. False ends the burst."""

@@ -139,6 +139,7 @@ class _Core(Host):
         self.phase = RUNNING
         self.refusal = "the runtime is stopping or stopped: it accepts no more messages"
         self.overruns = 0
+        self.ending: Callable[[], bool] = lambda: False  # set by the runtime
 
     def _context_tell(self, key: Any, message: Any, **options: Any) -> None:
         self.handler_tell(
@@ -355,6 +356,9 @@ class _Core(Host):
             for waiter in waiters:
                 if not waiter.done():
                     waiter.set_result(None)
+
+    def loop_ending(self) -> bool:
+        return self.ending()
 
     def add_idle_waiter(self, waiter: asyncio.Future[None]) -> None:
         """Wake `waiter` once the runtime is quiet (see `supervisors._quiescence`)."""

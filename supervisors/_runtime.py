@@ -200,6 +200,7 @@ class Runtime:
         core.supervisor._start_actor_loop()
         core.cells = core.registry.cells
         core.context_tell = self._context_tell
+        core.ending = self._loop_ending
         self._ingress = Ingress(loop, core, core.notify)
         core.ingress_size = self._ingress.__len__
         self._core = core
@@ -281,6 +282,14 @@ class Runtime:
         except asyncio.CancelledError:
             self._abort()
             raise
+
+    def _loop_ending(self) -> bool:
+        """A cell's task was cancelled from outside: is the whole loop going (see _watch_loop)?"""
+        watch = self._watch
+        if watch is None or not (watch.done() or watch.cancelling()):
+            return False
+        self._abort()
+        return True
 
     def _abort(self) -> None:
         """The loop ended without `stop()`: settle everything at once, refuse what follows."""
