@@ -88,6 +88,12 @@ def parser() -> argparse.ArgumentParser:
         metavar="N,N,...",
         help="user counts for P1 and P2 (default 100,1000,10000; quick 100,1000)",
     )
+    p.add_argument(
+        "--failing-keys",
+        type=_user_sizes,
+        metavar="N,N,...",
+        help="key counts of the failing-keys run (default 2000,6000,18000; quick 1000,4000)",
+    )
     for field, text in SIZES.items():
         p.add_argument("--" + field.replace("_", "-"), type=int, metavar="N", help=text)
     p.add_argument(
@@ -127,6 +133,8 @@ def params_from(args: argparse.Namespace) -> Params:
     params = Params.for_quick() if args.quick else Params.full()
     if args.users:
         params.users = args.users
+    if args.failing_keys:
+        params.failing_keys = args.failing_keys
     for field in [*SIZES, "idle_timeout", "seed"]:
         value = getattr(args, field)
         if value is not None:
@@ -201,7 +209,9 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _customised(args: argparse.Namespace) -> bool:
-    return bool(args.users) or any(getattr(args, f) is not None for f in [*SIZES, "idle_timeout"])
+    return bool(args.users or args.failing_keys) or any(
+        getattr(args, f) is not None for f in [*SIZES, "idle_timeout"]
+    )
 
 
 if __name__ == "__main__":

@@ -8,7 +8,8 @@ or memory); ``--repeat N`` reports the median of the N figures and of the N
 ratios. Each scenario states its target and checks it on the medians.
 
 The workloads themselves live in ``_throughput.py`` (P1, P2, thread
-producers, logging), ``_load.py`` (P5, P6, P7) and ``_memory.py`` (P3, P4).
+producers, logging), ``_load.py`` (P5, P6, P7), ``_memory.py`` (P3, P4) and
+``_failures.py`` (keys that fail once).
 """
 
 from __future__ import annotations
@@ -56,6 +57,8 @@ class Params:
     llm_messages: int = 5  # P7: messages per user
     llm_delay: tuple[float, float] = (0.1, 0.5)  # P7: handler await, uniform seconds
     threads: int = 4  # thread-producer scenario
+    # keys that fail once and go idle (issue 8 #10)
+    failing_keys: list[int] = dataclasses.field(default_factory=lambda: [2_000, 6_000, 18_000])
     seed: int = 1
     rotation: int = 0  # run index: each repeat starts with a different peer
     peers: list[str] = dataclasses.field(default_factory=lambda: [p.name for p in PEERS])
@@ -80,6 +83,7 @@ class Params:
             interrupts=30,
             llm_users=1_000,
             llm_messages=2,
+            failing_keys=[1_000, 4_000],
         )
 
     def peer_classes(self) -> list[type[Peer]]:
@@ -209,13 +213,14 @@ def error_cell(case: str, peer: str, exc: BaseException) -> Cell:
 
 def all_scenarios() -> list[Scenario]:
     """Every scenario, in the order of the table."""
-    from benchmarks import _load, _memory, _throughput
+    from benchmarks import _failures, _load, _memory, _throughput
 
     return [
         *_throughput.SCENARIOS[:2],
         *_memory.SCENARIOS,
         *_load.SCENARIOS,
         *_throughput.SCENARIOS[2:],
+        *_failures.SCENARIOS,
     ]
 
 

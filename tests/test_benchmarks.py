@@ -19,9 +19,10 @@ from typing import Any
 
 import pytest
 
+from benchmarks._failures import NO_FAILURE
 from benchmarks._peers import INTERRUPT, AsyncioQueuePeer, LockPeer, PromiseQueuePeer
 from benchmarks._pykka_peer import PykkaThreadPeer
-from benchmarks._scenarios import SUBJECT, all_scenarios
+from benchmarks._scenarios import SUBJECT, Params, all_scenarios, size_label
 
 ROOT = Path(__file__).resolve().parent.parent
 PEERS = [AsyncioQueuePeer, PromiseQueuePeer, LockPeer, PykkaThreadPeer]
@@ -112,6 +113,28 @@ def test_quick_run_has_ratios_and_checks(quick_results: dict[str, Any]) -> None:
             assert all(_positive(r) for r in case["ratios"].values())
 
 
+@pytest.mark.timeout(150)
+def test_quick_run_measures_keys_that_fail_once(quick_results: dict[str, Any]) -> None:
+    """failing_keys (issue 8 #10): every quick size, both columns, counts that add up."""
+    (scenario,) = [s for s in quick_results["scenarios"] if s["name"] == "failing_keys"]
+    sizes = Params.for_quick().failing_keys
+    assert [c["case"] for c in scenario["cases"]] == [f"{size_label(n)} keys" for n in sizes]
+    for keys, case in zip(sizes, scenario["cases"], strict=True):
+        for column, restarts in ((SUBJECT, keys), (NO_FAILURE, 0)):
+            result = case["results"][column]
+            where = (case["case"], column)
+            assert _positive(result["value"]), where
+            extra = result["extra"]
+            assert extra["keys"] == extra["idle_stops"] == keys, where
+            assert extra["restarts"] == restarts, where
+            assert _positive(extra["cpu_seconds"]), where
+            assert 0 < extra["release_seconds"] <= extra["seconds"], where
+            assert extra["fail_seconds"] <= extra["seconds"], where
+        assert _positive(case["ratios"][NO_FAILURE]), case["case"]
+    (check,) = scenario["checks"]
+    assert _positive(check["measured"])
+
+
 # -- the peers are fair baselines ------------------------------------------------
 
 
@@ -194,6 +217,34 @@ async def test_floor_script_measures_the_floor_and_promise_queue() -> None:
     for rates in results.values():
         assert set(rates) == {"floor", "promise-queue"}
         assert all(rate > 0 and math.isfinite(rate) for rate in rates.values())
+
+
+def test_failing_keys_script_reports_per_key_costs(capsys: pytest.CaptureFixture[str]) -> None:
+    """benchmarks.failing_keys (issue 8 #10, runtime alone) runs and prints every size."""
+    from benchmarks.failing_keys import main
+
+    main(["--keys", "100,300"])
+
+    out = capsys.readouterr().out.splitlines()
+    assert len(out) == 5, out
+    assert all("µs CPU/key" in line for line in out[:4])
+    assert out[-1].startswith("per-key cost at 300 keys over 100: ")
+
+
+async def test_failing_keys_fail_restart_and_are_all_released() -> None:
+    """The scenario's measurement: each key fails once, restarts, stops idle, is forgotten."""
+    from benchmarks._failures import failing_keys
+
+    failing = await failing_keys(200, fail=True)
+    healthy = await failing_keys(200, fail=False)
+
+    assert failing["keys"] == failing["restarts"] == failing["idle_stops"] == 200
+    assert 0 < failing["fail_seconds"] <= failing["seconds"]
+    assert healthy["restarts"] == healthy["fail_seconds"] == 0
+    assert healthy["idle_stops"] == 200
+    for r in (failing, healthy):
+        assert all(math.isfinite(v) and v >= 0 for v in r.values())
+        assert r["cpu_seconds"] > 0
 
 
 async def test_startup_script_reports_an_ordered_timeline() -> None:
