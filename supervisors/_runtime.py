@@ -21,7 +21,6 @@ What happens when, for `async with Runtime(Bot) as rt:`:
 from __future__ import annotations
 
 import asyncio
-import heapq
 import threading
 import time
 from threading import get_ident
@@ -33,7 +32,6 @@ from actors._future import LoopFuture
 from actors._logging import check_level, debug_enabled, library_logger
 from actors._outcomes import Outcomes
 from actors._registry import RegistryActor
-from actors._user_actor import UserActor
 from supervisors import _background
 from supervisors._core import (
     CLOSING,
@@ -45,9 +43,11 @@ from supervisors._core import (
     check_ttl,
 )
 from supervisors._ingress import Ingress, Submission
+from supervisors._options import RuntimeOptions
 from supervisors._policy import Directive, RestartPolicy
 from supervisors._quiescence import wait_idle
 from supervisors._shutdown import ShutdownSummary, abort, shutdown
+from supervisors._stats import stats_of
 from supervisors._supervisor import SupervisorActor
 
 if TYPE_CHECKING:
@@ -56,6 +56,7 @@ if TYPE_CHECKING:
 
     from actors._clock import Clock
     from actors._outcomes import DeadLetter
+    from actors._user_actor import UserActor
 
 __all__ = ["Runtime", "ShutdownSummary"]
 
@@ -104,45 +105,18 @@ class Runtime:
         max_workers: int | None = None,
         batch: int = 64,
     ) -> None:
-        if not callable(actor_factory):
-            msg = f"actor_factory must be a UserActor subclass or a callable, got {actor_factory!r}"
-            raise TypeError(msg)
-        if (
-            isinstance(actor_factory, type)
-            and issubclass(actor_factory, UserActor)
-            and actor_factory.on_message is UserActor.on_message
-        ):
-            msg = f"{actor_factory.__name__} must implement on_message(message, ctx)"
-            raise TypeError(msg)
-        _positive_int("max_pending", max_pending)
-        _positive_int("batch", batch)
-        _positive_int("dead_letter_limit", dead_letter_limit)
-        for name, value in (
-            ("max_total_pending", max_total_pending),
-            ("max_active", max_active),
-            ("max_workers", max_workers),
-        ):
-            if value is not None:
-                _positive_int(name, value)
-        if idle_timeout is not None and (
-            isinstance(idle_timeout, bool)
-            or not isinstance(idle_timeout, int | float)
-            or not idle_timeout > 0
-        ):
-            msg = f"idle_timeout must be a number > 0 or None, got {idle_timeout!r}"
-            raise ValueError(msg)
-        if restart is not None and not isinstance(restart, RestartPolicy):
-            msg = f"restart must be a RestartPolicy, got {restart!r}"
-            raise TypeError(msg)
+        self._options = RuntimeOptions(
+            actor_factory,
+            max_pending=max_pending,
+            max_total_pending=max_total_pending,
+            idle_timeout=idle_timeout,
+            max_active=max_active,
+            restart=restart,
+            dead_letter_limit=dead_letter_limit,
+            max_workers=max_workers,
+            batch=batch,
+        )
         self._factory = actor_factory
-        self._options: dict[str, Any] = {
-            "max_pending": max_pending,
-            "max_total_pending": max_total_pending,
-            "idle_timeout": idle_timeout,
-            "max_active": max_active,
-            "batch": batch,
-            "max_workers": max_workers,
-        }
         self._policy = restart if restart is not None else RestartPolicy()
         self._on_escalate = on_escalate or _stop_on_escalate
         self._dead_letter_limit = dead_letter_limit
@@ -186,13 +160,13 @@ class Runtime:
             outcomes=outcomes,
             log=log,
             trace=debug_enabled(log),
-            max_pending=opts["max_pending"],
-            max_total_pending=opts["max_total_pending"],
-            idle_timeout=opts["idle_timeout"],
-            max_active=opts["max_active"],
+            max_pending=opts.max_pending,
+            max_total_pending=opts.max_total_pending,
+            idle_timeout=opts.idle_timeout,
+            max_active=opts.max_active,
             on_escalate=self._on_escalate,
-            batch=opts["batch"],
-            max_workers=opts["max_workers"],
+            batch=opts.batch,
+            max_workers=opts.max_workers,
         )
         core.registry = RegistryActor(core)
         core.supervisor = SupervisorActor(core)
@@ -212,9 +186,7 @@ class Runtime:
         # Notices a loop that ends without stop() (asyncio.run returned): asyncio then
         # cancels every task, this one included, and the runtime settles what it holds.
         self._watch = loop.create_task(self._watch_loop(), name="inorder-watch")
-        log.info(
-            "runtime_started", max_pending=opts["max_pending"], idle_timeout=opts["idle_timeout"]
-        )
+        log.info("runtime_started", max_pending=opts.max_pending, idle_timeout=opts.idle_timeout)
         return self
 
     async def __aenter__(self) -> Self:
@@ -440,37 +412,7 @@ class Runtime:
         return self._on_loop(self._stats)
 
     def _stats(self) -> dict[str, Any]:
-        core = self._core
-        if core is None:
-            return _zero_stats(self._state)
-        out = core.outcomes
-        cells = core.cells.values()
-        wait_ms, run_ms = out.latency.summary()
-        # By depth only: str and int keys do not compare.
-        deepest = heapq.nlargest(20, (c for c in cells if len(c.mailbox)), key=_depth)
-        return {
-            "state": self._state,
-            "live_actors": core.live,
-            "known_keys": len(core.cells),
-            "pending": core.pending + core.ingress_size(),
-            "pending_by_key": {c.key: len(c.mailbox) for c in deepest},
-            "in_flight": sum(1 for c in cells if c.current is not None),
-            "overrunning": sum(1 for c in cells if c.late is not None),
-            "accepted": core.accepted,
-            "handled": out.handled,
-            "failed": out.failed,
-            "interrupted": out.interrupted,
-            "dropped": out.dropped,
-            "dead_letters": out.dead_letter_count,
-            "restarts": core.restarts,
-            "gave_up": core.gave_up,
-            "actor_failures": core.actor_failures,
-            "overruns": core.overruns,
-            "activations": core.activations,
-            "idle_stops": core.idle_stops,
-            "wait_ms": wait_ms,
-            "run_ms": run_ms,
-        }
+        return stats_of(self._core, self._state)
 
     def pending(self, key: str | int) -> int:
         """How many messages wait for `key` (0 for an unknown key)."""
@@ -523,49 +465,6 @@ def _not_started(*_: Any) -> None:
         "to run it on a background thread"
     )
     raise RuntimeStopped(msg)
-
-
-def _zero_stats(state: str) -> dict[str, Any]:
-    latency = {"count": 0, "p50": 0.0, "p90": 0.0, "p99": 0.0, "max": 0.0}
-    counts: dict[str, Any] = dict.fromkeys(
-        (
-            "live_actors",
-            "known_keys",
-            "pending",
-            "in_flight",
-            "overrunning",
-            "accepted",
-            "handled",
-            "failed",
-            "interrupted",
-            "dropped",
-            "dead_letters",
-            "restarts",
-            "gave_up",
-            "actor_failures",
-            "overruns",
-            "activations",
-            "idle_stops",
-        ),
-        0,
-    )
-    return {
-        "state": state,
-        **counts,
-        "pending_by_key": {},
-        "wait_ms": latency,
-        "run_ms": dict(latency),
-    }
-
-
-def _depth(cell: Any) -> int:
-    return len(cell.mailbox)
-
-
-def _positive_int(name: str, value: object) -> None:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        msg = f"{name} must be an int >= 1, got {value!r}"
-        raise ValueError(msg)
 
 
 def _resolve(future: LoopFuture[ShutdownSummary], task: asyncio.Task[ShutdownSummary]) -> None:

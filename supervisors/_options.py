@@ -1,0 +1,65 @@
+"""A `Runtime`'s options, checked once at construction (G9: bad input fails at the call)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, final
+
+from actors._user_actor import UserActor
+from supervisors._policy import RestartPolicy
+
+if TYPE_CHECKING:
+    from collections.abc import Callable
+
+__all__ = ["RuntimeOptions"]
+
+
+@final
+@dataclass(frozen=True, slots=True)
+class RuntimeOptions:
+    """The sizes and bounds of one runtime; `Runtime`'s docstring says what each means."""
+
+    actor_factory: Callable[[str | int], UserActor]
+    max_pending: int
+    max_total_pending: int | None
+    idle_timeout: float | None
+    max_active: int | None
+    restart: RestartPolicy | None
+    dead_letter_limit: int
+    max_workers: int | None
+    batch: int
+
+    def __post_init__(self) -> None:
+        factory: Any = self.actor_factory
+        if not callable(factory):
+            msg = f"actor_factory must be a UserActor subclass or a callable, got {factory!r}"
+            raise TypeError(msg)
+        if (
+            isinstance(factory, type)
+            and issubclass(factory, UserActor)
+            and factory.on_message is UserActor.on_message
+        ):
+            msg = f"{factory.__name__} must implement on_message(message, ctx)"
+            raise TypeError(msg)
+        _positive_int("max_pending", self.max_pending)
+        _positive_int("batch", self.batch)
+        _positive_int("dead_letter_limit", self.dead_letter_limit)
+        for name in ("max_total_pending", "max_active", "max_workers"):
+            value = getattr(self, name)
+            if value is not None:
+                _positive_int(name, value)
+        idle = self.idle_timeout
+        if idle is not None and (
+            isinstance(idle, bool) or not isinstance(idle, int | float) or not idle > 0
+        ):
+            msg = f"idle_timeout must be a number > 0 or None, got {idle!r}"
+            raise ValueError(msg)
+        if self.restart is not None and not isinstance(self.restart, RestartPolicy):
+            msg = f"restart must be a RestartPolicy, got {self.restart!r}"
+            raise TypeError(msg)
+
+
+def _positive_int(name: str, value: object) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        msg = f"{name} must be an int >= 1, got {value!r}"
+        raise ValueError(msg)

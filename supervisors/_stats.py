@@ -1,0 +1,77 @@
+"""`Runtime.stats()`: the live figures of a runtime, read on its loop thread.
+
+The same keys before `start()` (zeros), while running and after the stop, so
+a dashboard can read `stats()["accepted"]` at any time.
+"""
+
+from __future__ import annotations
+
+import heapq
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from actors._cell import Cell
+    from supervisors._core import _Core
+
+__all__ = ["stats_of"]
+
+_COUNTS = (
+    "live_actors",
+    "known_keys",
+    "pending",
+    "in_flight",
+    "overrunning",
+    "accepted",
+    "handled",
+    "failed",
+    "interrupted",
+    "dropped",
+    "dead_letters",
+    "restarts",
+    "gave_up",
+    "actor_failures",
+    "overruns",
+    "activations",
+    "idle_stops",
+)
+
+
+def stats_of(core: _Core | None, state: str) -> dict[str, Any]:
+    """The figures of `core` (None: a runtime not started yet) in runtime `state`."""
+    if core is None:
+        zeros: dict[str, Any] = dict.fromkeys(_COUNTS, 0)
+        wait_ms = {"count": 0, "p50": 0.0, "p90": 0.0, "p99": 0.0, "max": 0.0}
+        zeros.update(state=state, pending_by_key={}, wait_ms=wait_ms, run_ms=dict(wait_ms))
+        return zeros
+    out = core.outcomes
+    cells = core.cells.values()
+    wait_ms, run_ms = out.latency.summary()
+    # By depth only: str and int keys do not compare.
+    deepest = heapq.nlargest(20, (c for c in cells if len(c.mailbox)), key=_depth)
+    return {
+        "state": state,
+        "live_actors": core.live,
+        "known_keys": len(core.cells),
+        "pending": core.pending + core.ingress_size(),
+        "pending_by_key": {c.key: len(c.mailbox) for c in deepest},
+        "in_flight": sum(1 for c in cells if c.current is not None),
+        "overrunning": sum(1 for c in cells if c.late is not None),
+        "accepted": core.accepted,
+        "handled": out.handled,
+        "failed": out.failed,
+        "interrupted": out.interrupted,
+        "dropped": out.dropped,
+        "dead_letters": out.dead_letter_count,
+        "restarts": core.restarts,
+        "gave_up": core.gave_up,
+        "actor_failures": core.actor_failures,
+        "overruns": core.overruns,
+        "activations": core.activations,
+        "idle_stops": core.idle_stops,
+        "wait_ms": wait_ms,
+        "run_ms": run_ms,
+    }
+
+
+def _depth(cell: Cell) -> int:
+    return len(cell.mailbox)
