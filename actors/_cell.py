@@ -139,8 +139,8 @@ class Cell(Mailbox):
         "_after",
         "_cut",
         "_started",
-        "_thread",
         "_timer",
+        "_worker",
         "actor",
         "clear_mark",
         "ctx",
@@ -179,7 +179,7 @@ class Cell(Mailbox):
         self._started = 0.0  # when the handler in flight started
         self._timer: TimerHandle | None = None  # its handler_timeout, then its overrun check
         self._after: str | None = None  # deferred until the late handler returns
-        self._thread: Any = None  # a blocking handler's thread the burst stopped waiting for
+        self._worker: Any = None  # a blocking handler's thread the burst stopped waiting for
 
     def __repr__(self) -> str:
         return f"<Cell {self.key!r} {self.state} waiting={self._size}>"
@@ -282,7 +282,7 @@ class Cell(Mailbox):
 
     def busy(self) -> bool:
         """Whether a burst, an `on_stop` or a late handler's thread is still running."""
-        return self.task is not None or self._thread is not None
+        return self.task is not None or self._worker is not None
 
     def cancel(self) -> None:
         """Shutdown: cut the burst short. The message in flight ends `Interrupted("shutdown")`.
@@ -458,20 +458,20 @@ class Cell(Mailbox):
         """
         if self.current is envelope and self._cut is not None:
             return False
-        self._thread = future
+        self._worker = future
         future.add_done_callback(self._thread_done)
         return True
 
     def _thread_done(self, future: Any) -> None:
         if not future.cancelled():
             future.exception()  # retrieved: it has no caller any more
-        self._thread = None
+        self._worker = None
         self._disarm()
         self.late = None
         self._run_after()
 
     def burst_ended(self, task: asyncio.Task[None] | None) -> None:
-        if self._thread is None:
+        if self._worker is None:
             self._disarm()
             self.late = None
         if self.task is task:
