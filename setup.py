@@ -14,7 +14,8 @@ what you get when:
   shadow the sources, and an edited file must take effect;
 * `INORDER_PURE_PYTHON=1` is set at build time;
 * mypyc is not importable at build time;
-* the C compiler fails: the extensions are optional, so the build goes on.
+* the C compiler fails, or is missing: nothing compiled is kept (all or
+  nothing, see `AllOrNothing`), so the build goes on.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ import os
 import sys
 
 from setuptools import setup
+from setuptools.command.build_ext import build_ext
 
 COMPILED = [
     "actors/_mailbox.py",
@@ -47,9 +49,29 @@ def ext_modules() -> list[object]:
     except (Exception, SystemExit) as exc:  # mypyc exits on a type error
         print(f"inorder: mypyc failed ({exc!r}), building the pure-Python package")
         return []
-    for extension in extensions:
-        extension.optional = True  # no compiler: install the pure-Python package
     return extensions
 
 
-setup(ext_modules=ext_modules())
+class AllOrNothing(build_ext):
+    """Build every extension, or none: a partial build would not even import.
+
+    mypyc's modules share one group library; if it fails to compile while the
+    per-module shims succeed, `import actors` fails. So any failure (no C
+    compiler, a compiler error) removes whatever was built, and the package
+    installs as pure Python.
+    """
+
+    def run(self) -> None:
+        try:
+            super().run()
+        except Exception as exc:  # CompileError, a missing compiler, ...
+            print(f"inorder: compiling failed ({exc!r}), building the pure-Python package")
+            for extension in self.extensions:
+                built = self.get_ext_fullpath(extension.name)
+                if os.path.exists(built):
+                    os.remove(built)
+            self.extensions = []
+            self.distribution.ext_modules = []
+
+
+setup(ext_modules=ext_modules(), cmdclass={"build_ext": AllOrNothing})
