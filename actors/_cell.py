@@ -138,6 +138,7 @@ class Cell(Mailbox):
     __slots__ = (
         "_after",
         "_cut",
+        "_flagged",
         "_started",
         "_timer",
         "_worker",
@@ -176,6 +177,7 @@ class Cell(Mailbox):
         self.clear_mark = -1  # highest clear priority seen while a failure awaits its verdict
         self.timer: TimerHandle | None = None  # backoff or cool-down, owned by the supervisor
         self._cut: str | None = None  # why the handler in flight is being cut short
+        self._flagged = False  # ctx.interrupted was set for the handler in flight
         self._started = 0.0  # when the handler in flight started
         self._timer: TimerHandle | None = None  # its handler_timeout, then its overrun check
         self._after: str | None = None  # deferred until the late handler returns
@@ -296,6 +298,7 @@ class Cell(Mailbox):
         self._cut = "shutdown"
         if self.ctx is not None:
             self.ctx.interrupted = True
+            self._flagged = True
         if task is not asyncio.current_task():
             task.cancel()
 
@@ -364,9 +367,9 @@ class Cell(Mailbox):
         if envelope.expiry is not None:  # it starts before its ttl ran out
             envelope.expiry.cancel()
             envelope.expiry = None
-        ctx: Context = self.ctx  # type: ignore[assignment]
-        if ctx.interrupted:
-            ctx.interrupted = False
+        if self._flagged:  # a native flag: reading the context's costs more, per message
+            self._flagged = False
+            self.ctx.interrupted = False  # type: ignore[union-attr]
         self.current = envelope
         started = self._started = host.now()
         timeout = host.handler_timeout
@@ -559,6 +562,7 @@ class Cell(Mailbox):
         """Ask the handler in flight to stop: cancel it if async, flag it in any case."""
         ctx: Context = self.ctx  # type: ignore[assignment]
         ctx.interrupted = True
+        self._flagged = True
         actor: UserActor = self.actor  # type: ignore[assignment]
         task = self.task
         # A handler that interrupts its own key must not cancel the task it runs in:
