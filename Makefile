@@ -1,4 +1,6 @@
 # Every target sets up .venv first, so a fresh clone needs only python3 and pip.
+# bash: `make test` keeps each suite's exit status through a pipe (pipefail).
+SHELL   := bash
 PY      ?= python3
 VENV    := .venv
 BIN     := $(VENV)/bin
@@ -8,7 +10,26 @@ STAMP   := $(VENV)/.installed
 COMPILED := $(VENV)/compiled
 SOURCES  := $(shell find actors supervisors benchmarks -name '*.py') setup.py pyproject.toml
 
-.PHONY: test lint typecheck pytest pytest-compiled compiled demo bench bench-quick clean
+# Supported Pythons (requires-python >= 3.11), each tested on both builds by `make test`.
+# $(PY) is one of them (3.11 on our machines) and keeps .venv, which every other
+# target uses. The others need not be on the PATH: PYTHON_3.12=/path/to/python3.12
+# names one; otherwise pyenv's newest 3.12.N, else python3.12 on the PATH. Each gets
+# its own venv inside .venv, so git ignores it and `make clean` removes it.
+PYTHONS    := 3.11 3.12 3.13
+SUITES     := $(addprefix suite-,$(PYTHONS))
+SUMMARY    := $(VENV)/test-summary
+# Lazy (=): only `make test` and suite-* pay for asking python3 and pyenv.
+PY_VERSION  = $(shell $(PY) -c 'import sys; print("%d.%d" % sys.version_info[:2])')
+PYENV_ROOT ?= $(shell pyenv root 2>/dev/null || echo "$$HOME/.pyenv")
+# Only plain releases: 3.13.0, not 3.13-dev, 3.13.0t (free-threaded) or a virtualenv.
+pyenv_dir   = $(lastword $(shell ls -d $(PYENV_ROOT)/versions/$(1).* 2>/dev/null \
+                  | grep -xE '.*/$(subst .,\.,$(1))\.[0-9]+' | sort -V))
+python_for  = $(if $(filter $(1),$(PY_VERSION)),$(PY),$(or $(PYTHON_$(1)), \
+                  $(if $(call pyenv_dir,$(1)),$(wildcard $(call pyenv_dir,$(1))/bin/python$(1))), \
+                  $(shell command -v python$(1) 2>/dev/null)))
+venv_for    = $(if $(filter $(1),$(PY_VERSION)),$(VENV),$(VENV)/py$(1))
+
+.PHONY: test lint typecheck pytest pytest-compiled compiled demo bench bench-quick clean $(SUITES)
 
 $(BIN)/python:
 	$(PY) -m venv $(VENV)
@@ -18,17 +39,60 @@ $(STAMP): pyproject.toml | $(BIN)/python
 	$(BIN)/python -m pip install --quiet -e '.[dev,bench]'  # editable: pure Python (setup.py)
 	touch $(STAMP)
 
+# A C compiler error still ends in a build, a pure one (setup.py: all or nothing), so
+# the check below fails the target and shows the compiler's errors from the build's log.
 $(COMPILED)/.built: $(STAMP) $(SOURCES)
 	rm -rf $(COMPILED) build  # pip builds in the tree: no stale objects
-	$(BIN)/python -m pip install --quiet --no-deps --target $(COMPILED) .
+	$(BIN)/python -m pip install --verbose --no-deps --target $(COMPILED) . > $(VENV)/compiled.log 2>&1 \
+		|| { tail -n 40 $(VENV)/compiled.log; exit 1; }
 	PYTHONPATH=$(COMPILED) $(BIN)/python -P -c 'import actors, sys; sys.exit(not actors.COMPILED)' \
-		|| { echo "mypyc did not compile the package (is a C compiler installed?)"; exit 1; }
+		|| { grep -E -m 10 'error:|mypyc failed|mypyc is not' $(VENV)/compiled.log; \
+		     echo "mypyc did not compile the package (is a C compiler installed?); see $(VENV)/compiled.log"; \
+		     exit 1; }
 	touch $@
 
 compiled: $(COMPILED)/.built
 
-# The whole suite runs twice: on the pure-Python sources and on the compiled package.
-test: lint typecheck pytest pytest-compiled
+# ruff and mypy once (they read the sources, whatever runs them), then the whole suite
+# on every supported Python the machine has, twice each: on the pure-Python sources and
+# on the compiled package. -k: a failing suite does not hide how the others went; the
+# summary at the end says what ran, and make test fails if any suite did.
+test: lint typecheck
+	@rm -f $(SUMMARY); start=$$SECONDS; \
+	$(MAKE) --no-print-directory -k $(SUITES); status=$$?; \
+	echo; echo "make test: ruff and mypy passed; the suite took $$((SECONDS - start))s:"; \
+	cat $(SUMMARY); \
+	awk '$$3 == "FAILED" && !/ (passed|failed|errors?) / { f++ } \
+		{ for (i = 2; i <= NF; i++) { n = $$(i - 1) + 0; \
+			if ($$i ~ /^passed/) p += n; else if ($$i ~ /^(failed|errors?)/) f += n; \
+			else if ($$i ~ /^skipped/) s += n } } \
+		END { printf "total: %d passed, %d failed, %d skipped\n", p, f, s }' $(SUMMARY); \
+	exit $$status
+
+# The suite on one Python, both builds: the targets below, run with that Python's venv.
+# Each build adds a line to $(SUMMARY): version, build, outcome, pytest's tally, and the
+# time with the venv or the mypyc build. A Python this machine lacks is skipped, loudly.
+$(SUITES): suite-%:
+	@py='$(strip $(call python_for,$*))'; venv='$(call venv_for,$*)'; \
+	version=$$([ -n "$$py" ] && "$$py" -c 'import platform; print(platform.python_version())' 2>/dev/null); \
+	if [ "$${version%.*}" != $* ]; then \
+		echo "== Python $*: not found (tried PYTHON_$*, pyenv's $(PYENV_ROOT)/versions/$*.N," \
+			"python$* on the PATH): skipped"; \
+		printf '%-8s %-9s %-7s %s\n' $* - skipped "not installed on this machine" >> $(SUMMARY); \
+		exit 0; \
+	fi; \
+	mkdir -p $$venv; set -o pipefail; failed=0; \
+	for build in pure compiled; do \
+		target=pytest; [ $$build = pure ] || target=pytest-compiled; \
+		echo "== Python $$version ($$py), $$build build, in $$venv"; start=$$SECONDS; \
+		$(MAKE) --no-print-directory VENV=$$venv PY="$$py" $$target 2>&1 | tee $$venv/test-$$build.log \
+			&& outcome=passed || { outcome=FAILED; failed=1; }; \
+		tally=$$(grep -E '^(=+ )?[0-9]+ [a-z]+.* in [0-9.]+s' $$venv/test-$$build.log | tail -n 1 | sed -E 's/^=+ | =+$$//g'); \
+		printf '%-8s %-9s %-7s %s [%ss in all]\n' $$version $$build $$outcome \
+			"$${tally:-no tally: pytest did not finish, see $$venv/test-$$build.log}" \
+			$$((SECONDS - start)) >> $(SUMMARY); \
+	done; \
+	exit $$failed
 
 lint: $(STAMP)
 	$(BIN)/ruff check actors supervisors tests benchmarks examples setup.py

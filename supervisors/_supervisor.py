@@ -165,15 +165,19 @@ class SupervisorActor(LoopActor):
         decider = getattr(actor_type, "decider", None)
         directive = decide(decider or self.policy.decider, error)
         core.actor_failures += 1
-        shown: Directive | None = directive
-        if phase == "on_stop" and directive in (Directive.RESUME, Directive.RESTART):
-            shown = None  # the incarnation ends as it was going to: nothing to resume or restart
+        shown = directive.value
+        if phase == "on_stop":
+            # The incarnation ends as it was going to; only a stop (the decider's, or the
+            # root's after an escalation) changes anything: say what is applied.
+            if directive is Directive.ESCALATE:
+                directive = self._escalate(cell, error)
+            shown = "stop" if directive is Directive.STOP else "none"
         core.log.warning(
             "actor_failed",
             key=cell.key,
             phase=phase,
             error=repr(error),
-            directive=shown.value if shown is not None else "none",
+            directive=shown,
             incarnation=cell.incarnation,
             attempt=envelope.attempt if envelope is not None else None,
         )

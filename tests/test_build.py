@@ -7,11 +7,13 @@ between the two builds.
 
 from __future__ import annotations
 
+import ast
 import asyncio
 import gc
 import subprocess
 import sys
 import weakref
+from pathlib import Path
 from typing import Any
 
 import actors
@@ -38,6 +40,48 @@ def test_runtime_needs_no_build_tools() -> None:
         [sys.executable, "-P", "-c", code], capture_output=True, text=True, check=True, timeout=60
     )
     assert out.stdout.strip() == str(actors.COMPILED)
+
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def compiled_sources() -> list[str]:
+    """setup.py's `COMPILED` list, read without running setup.py (it calls `setup()`)."""
+    tree = ast.parse((ROOT / "setup.py").read_text(encoding="utf-8"))
+    for node in tree.body:
+        if (
+            isinstance(node, ast.Assign)
+            and any(isinstance(t, ast.Name) and t.id == "COMPILED" for t in node.targets)
+        ) or (
+            isinstance(node, ast.AnnAssign)
+            and isinstance(node.target, ast.Name)
+            and node.target.id == "COMPILED"
+        ):
+            assert node.value is not None
+            sources = ast.literal_eval(node.value)
+            assert isinstance(sources, list)
+            assert sources
+            return sources
+    raise AssertionError("setup.py has no COMPILED list")
+
+
+def test_no_coroutine_in_a_compiled_module() -> None:
+    """Every coroutine stays interpreted (README, setup.py).
+
+    A coroutine compiled by mypyc calls the generator `throw(type, value, tb)`,
+    deprecated since Python 3.12: under the suite's warnings-as-errors, a cancelled
+    compiled coroutine ended `stop()` with `CancelledError` on 3.12 and 3.13.
+    """
+    found = []
+    for source in compiled_sources():
+        path = ROOT / source
+        tree = ast.parse(path.read_text(encoding="utf-8"), filename=str(path))
+        found += [
+            f"{source}:{node.lineno} async def {node.name}"
+            for node in ast.walk(tree)  # every nesting: methods, inner functions
+            if isinstance(node, ast.AsyncFunctionDef)
+        ]
+    assert found == [], "coroutines in modules that mypyc compiles (setup.py COMPILED)"
 
 
 KEYS = ("build-test:a", "build-test:b")
