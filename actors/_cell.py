@@ -14,6 +14,10 @@ States and who moves a cell between them::
     IDLE/SUSPENDED --stop()--> STOPPING --on_stop done--> EMPTY (or CLOSED)
     any --(supervisor) park()--> PARKED --unpark()--> EMPTY
 
+A `resume()` or `stop()` asked for while a late handler still runs (one that
+outlived its outcome: see `Cell`) waits for it: the cell never runs two things
+of one key at once (G2), whatever a handler does with its cancellation.
+
 A burst is one task (`actors._burst.drain`) that runs `on_start` if needed,
 then drains the mailbox until it is empty, yielding to other cells every
 `batch` messages (fairness, P5). An idle cell has no task at all, so an idle

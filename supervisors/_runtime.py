@@ -9,13 +9,17 @@ What happens when, for `async with Runtime(Bot) as rt:`:
 1. `start()` (on the running loop): the clock, the outcome book, the core
    (router), the registry actor and the supervisor actor are created.
 2. `rt.tell(key, msg)` on the loop thread goes straight to the router; from
-   another thread it is validated at the call site, then handed to the loop
-   through the batched ingress.
-3. Leaving the block calls `stop(drain=True)`: no new messages are accepted,
-   what waits is handled until `timeout`, the rest is dropped("shutdown"),
-   handlers still in flight are cancelled (their messages end `Interrupted`
-   with reason "shutdown"), `on_stop("shutdown")` runs for every live actor,
-   and a `ShutdownSummary` is returned.
+   another thread it is validated and its room reserved at the call site,
+   then handed to the loop through the batched ingress.
+3. Leaving the block calls `stop(drain=True)`: no new messages are accepted
+   (but handlers' own), what waits is handled until `timeout`, the rest is
+   dropped("shutdown"), handlers still in flight are cancelled (their
+   messages end `Interrupted` with reason "shutdown"), `on_stop("shutdown")`
+   runs for every live actor, and a `ShutdownSummary` is returned within
+   `timeout + SHUTDOWN_GRACE` (supervisors/_shutdown.py).
+4. If the loop ends without `stop()` (`asyncio.run` returned), asyncio
+   cancels the runtime's watch task, and the runtime settles every message
+   it holds before the loop goes (`_abort`).
 """
 
 from __future__ import annotations
