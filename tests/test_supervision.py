@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 import random
+from collections import OrderedDict
 from collections.abc import Callable, MutableMapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -732,3 +733,50 @@ async def test_lifecycle_events_are_logged_as_data(clock: FakeClock) -> None:
     assert [e["reason"] for e in named(logs, "message_dead_lettered")] == ["failed", "failed"]
     assert [e["reason"] for e in named(logs, "messages_dead_lettered")] == ["gave_up"]
     assert named(logs, "actor_idle_stopped")[0]["key"] == "u"
+
+
+class _CountingHistories(OrderedDict[Any, Any]):
+    """The supervisor's kept restart histories, counting how many entries it examines."""
+
+    examined = 0
+
+    def items(self) -> Any:  # type: ignore[override]
+        for item in super().items():
+            _CountingHistories.examined += 1
+            yield item
+
+
+async def test_keys_that_fail_once_cost_linear_work_to_forget(clock: FakeClock) -> None:
+    """Issue 8 #10: N keys that each fail once and go idle. Their restart histories are
+    kept (the budget holds across passivation) and forgotten once expired, with work
+    linear in N: no rescan of every kept history per release (that was ~N^2/2)."""
+
+    class FailsOnce(UserActor):
+        def on_message(self, message: Any, ctx: Context) -> Any:
+            if ctx.attempt == 1:
+                raise Boom(message)
+            return message
+
+    keys = 3000
+    restart = policy(
+        max_retries=1, backoff_min=0.001, backoff_max=0.001, within=5.0, reset_after=5.0
+    )
+    with capture_logs():
+        async with Runtime(FailsOnce, clock=clock, idle_timeout=1.0, restart=restart) as rt:
+            supervisor: Any = rt._core.supervisor  # type: ignore[union-attr]
+            supervisor.histories = _CountingHistories()
+            _CountingHistories.examined = 0
+            for n in range(keys):
+                rt.tell(n, n)
+                if n % 500 == 499:  # releases and expiries interleave, as in an outage
+                    await clock.advance(0.5)
+            for _ in range(30):
+                await clock.advance(1.0)
+            rt.tell("late", "late")  # its release forgets every expired history at once
+            for _ in range(3):
+                await clock.advance(1.0)
+            stats = rt.stats()
+            assert (stats["handled"], stats["restarts"]) == (keys + 1, keys + 1)
+            assert stats["live_actors"] == 0
+            assert list(supervisor.histories) == ["late"]
+    assert _CountingHistories.examined <= 3 * keys
