@@ -34,6 +34,7 @@ them with order and exclusion invariants that hold whatever the timing.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import threading
 import time
@@ -43,8 +44,9 @@ from typing import Any
 
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from structlog.testing import capture_logs
 
-from actors import Context, Dropped, Interrupted, UserActor
+from actors import Context, Dropped, HandlerCrashed, HandlerTimeout, Interrupted, UserActor
 from actors.testing import FakeClock, wait_all_tasks_blocked
 from supervisors import RestartPolicy, Runtime
 
@@ -758,3 +760,724 @@ async def test_stats_with_str_and_int_keys_of_equal_depth() -> None:
             rt.tell(key, "b")
         stats = rt.stats()  # both mailboxes hold 2: nothing has run yet
         assert stats["pending_by_key"] == {"k": 2, 1: 2}
+
+
+# -- fault kinds: any mix of failures across keys ---------------------------------------------
+#
+# Every hook can fail, and not only with an `Exception`: a `CancelledError` the runtime did not
+# request ("stray", a handler that cancels and awaits its own inner task), a `BaseException`
+# that is not an `Exception` ("base": one of the application's own, `GeneratorExit`,
+# `SystemExit`), from `on_message` (async, plain or blocking), `on_start`, `on_stop` or the
+# factory. With the default decider a stray cancellation restarts like an exception and a
+# non-`Exception` escalates (the root stops the key: what waits is dropped "stopped"). The
+# runtime goes on: every message gets exactly one outcome, an ask never raises a
+# non-`Exception` (`HandlerCrashed` wraps it), and the other keys never notice.
+
+
+class Fatal(BaseException):
+    """A `BaseException` of the application's own (not an `Exception`)."""
+
+
+# KeyboardInterrupt is left out on purpose: a regression letting it through would end the
+# pytest session instead of failing the test.
+BASE_ERRORS: tuple[type[BaseException], ...] = (Fatal, GeneratorExit, SystemExit)
+FAULT_KINDS = ("ok", "ok", "ok", "boom", "stray", "base")
+HOOK_FAULTS = (
+    None,
+    None,
+    "factory:boom",
+    "factory:base",
+    "start:boom",
+    "start:stray",
+    "start:base",
+    "stop:boom",
+    "stop:stray",
+    "stop:base",
+)
+MODES = ("async", "plain", "blocking")
+FAULT_EXAMPLES = max(100, PROFILE_EXAMPLES)
+
+
+@dataclass(frozen=True)
+class FaultMsg:
+    mid: int
+    key: str
+    kind: str  # ok, boom, stray, base
+    ask: bool
+
+
+@dataclass(frozen=True)
+class Wave:
+    """Messages sent in one go, and the hook failures armed for them (one per key at most)."""
+
+    msgs: tuple[FaultMsg, ...]
+    hooks: tuple[tuple[str, str], ...]  # (key, "factory:base", ...)
+
+
+@dataclass(frozen=True)
+class FaultScenario:
+    modes: tuple[tuple[str, str], ...]  # (key, how its on_message runs)
+    waves: tuple[Wave, ...]
+
+
+@st.composite
+def fault_scenarios(draw: st.DrawFn) -> FaultScenario:
+    keys = [f"f{i}" for i in range(draw(st.integers(2, 4)))]
+    modes = {key: draw(st.sampled_from(MODES)) for key in keys}
+    waves: list[Wave] = []
+    mid = 0
+    for _ in range(draw(st.integers(1, 3))):
+        msgs: list[FaultMsg] = []
+        for _ in range(draw(st.integers(1, 10))):
+            key = draw(st.sampled_from(keys))
+            kind = draw(st.sampled_from(FAULT_KINDS))
+            if kind == "stray" and modes[key] == "blocking":
+                kind = "boom"  # a pool thread has no task to cancel
+            msgs.append(FaultMsg(mid, key, kind, draw(st.booleans())))
+            mid += 1
+        hooks = []
+        for key in keys:
+            fault = draw(st.sampled_from(HOOK_FAULTS))
+            if fault is not None:
+                hooks.append((key, fault))
+        waves.append(Wave(tuple(msgs), tuple(hooks)))
+    return FaultScenario(tuple(modes.items()), tuple(waves))
+
+
+def base_error(n: int) -> BaseException:
+    return BASE_ERRORS[n % len(BASE_ERRORS)](n)
+
+
+async def _stray_cancel() -> None:
+    """A `CancelledError` nobody asked the runtime for: cancel and await an inner task."""
+    inner = asyncio.ensure_future(asyncio.get_running_loop().create_future())
+    await asyncio.sleep(0)
+    inner.cancel()
+    await inner
+
+
+class FaultWorld:
+    """The hook failures armed for each key, and what the actors report."""
+
+    def __init__(self, modes: dict[str, str]) -> None:
+        self.modes = modes
+        self.rec = Recorder()
+        self.armed: dict[str, str] = {}
+        self.serial = 0
+
+    def take(self, key: Any, hook: str) -> str | None:
+        """The failure armed for `hook` of `key`, if any (it fires once)."""
+        with self.rec.lock:
+            fault = self.armed.get(key)
+            if fault is None or fault.split(":")[0] != hook:
+                return None
+            del self.armed[key]
+            self.serial += 1
+            return fault.split(":")[1]
+
+    def make(self, key: Any) -> UserActor:
+        fault = self.take(key, "factory")
+        if fault == "boom":
+            raise Boom("factory")
+        if fault == "base":
+            raise base_error(self.serial)
+        return ACTOR_CLASSES[self.modes[key]](key, self)
+
+    def hook_fault(self, key: Any, hook: str) -> None:
+        """Fail as armed (synchronously: a stray cancellation is raised as is)."""
+        fault = self.take(key, hook)
+        if fault == "boom":
+            raise Boom(hook)
+        if fault == "stray":
+            raise asyncio.CancelledError
+        if fault == "base":
+            raise base_error(self.serial)
+
+    async def async_hook_fault(self, key: Any, hook: str) -> None:
+        with self.rec.lock:
+            fault = self.armed.get(key)
+        if fault == f"{hook}:stray":
+            self.take(key, hook)
+            await _stray_cancel()
+        self.hook_fault(key, hook)
+
+
+def _message_fault(m: FaultMsg) -> None:
+    if m.kind == "boom":
+        raise Boom(m.mid)
+    if m.kind == "stray":
+        raise asyncio.CancelledError
+    if m.kind == "base":
+        raise base_error(m.mid)
+
+
+class AsyncFaulty(UserActor):
+    def __init__(self, key: str, world: FaultWorld) -> None:
+        super().__init__(key)
+        self.world = world
+
+    async def on_start(self) -> None:
+        self.world.rec.enter(self.key, "on_start")
+        try:
+            await asyncio.sleep(0)
+            await self.world.async_hook_fault(self.key, "start")
+        finally:
+            self.world.rec.exit(self.key, "on_start", "end")
+
+    async def on_stop(self, reason: str) -> None:
+        self.world.rec.enter(self.key, f"on_stop:{reason}")
+        try:
+            await asyncio.sleep(0)
+            await self.world.async_hook_fault(self.key, "stop")
+        finally:
+            self.world.rec.exit(self.key, f"on_stop:{reason}", "end")
+
+    async def on_message(self, message: FaultMsg, ctx: Context) -> Any:
+        self.world.rec.enter(ctx.key, message.mid)
+        try:
+            await asyncio.sleep(0)
+            if message.kind == "stray":
+                await _stray_cancel()
+            _message_fault(message)
+            return message.mid
+        finally:
+            self.world.rec.exit(ctx.key, message.mid, "end")
+
+
+class PlainFaulty(UserActor):
+    """Plain (synchronous) hooks and handler, run on the loop."""
+
+    def __init__(self, key: str, world: FaultWorld) -> None:
+        super().__init__(key)
+        self.world = world
+
+    def on_start(self) -> None:
+        self.world.rec.enter(self.key, "on_start")
+        try:
+            self.world.hook_fault(self.key, "start")
+        finally:
+            self.world.rec.exit(self.key, "on_start", "end")
+
+    def on_stop(self, reason: str) -> None:
+        self.world.rec.enter(self.key, f"on_stop:{reason}")
+        try:
+            self.world.hook_fault(self.key, "stop")
+        finally:
+            self.world.rec.exit(self.key, f"on_stop:{reason}", "end")
+
+    def on_message(self, message: FaultMsg, ctx: Context) -> Any:
+        self.world.rec.enter(ctx.key, message.mid)
+        try:
+            _message_fault(message)
+            return message.mid
+        finally:
+            self.world.rec.exit(ctx.key, message.mid, "end")
+
+
+class BlockingFaulty(PlainFaulty):
+    """The same, with `on_message` on a pool thread."""
+
+    blocking = True
+
+
+ACTOR_CLASSES: dict[str, type[AsyncFaulty | PlainFaulty]] = {
+    "async": AsyncFaulty,
+    "plain": PlainFaulty,
+    "blocking": BlockingFaulty,
+}
+
+
+def simulate_key(
+    alive: bool, fault: str | None, msgs: list[FaultMsg]
+) -> tuple[dict[int, str], bool]:
+    """One key through one wave (all of it accepted before anything runs): each message's
+    outcome, and whether an instance is alive afterwards.
+
+    Default decider: an `Exception` or a stray cancellation restarts (`on_stop("restart")`,
+    then the factory and `on_start` again, also with nothing waiting); anything else
+    escalates and the root stops the key (what waits is dropped "stopped"). A failing
+    `on_stop` stops the key if it escalates (a pending restart is cancelled), else changes
+    nothing."""
+    armed = fault
+    out: dict[int, str] = {}
+    queue = list(msgs)
+    restart = False
+
+    def fire(hook: str) -> str | None:
+        nonlocal armed
+        if armed is not None and armed.split(":")[0] == hook:
+            kind, armed = armed.split(":")[1], None
+            return kind
+        return None
+
+    def stop_key() -> None:
+        for m in queue:
+            out[m.mid] = "stopped"
+        queue.clear()
+
+    while True:
+        if not alive:
+            if not queue and not restart:
+                break
+            restart = False
+            made = fire("factory")
+            if made == "boom":
+                restart = True
+                continue
+            if made == "base":
+                stop_key()
+                break
+            started = fire("start")
+            if started == "base":
+                stop_key()
+                fire("stop")  # on_stop("stopped"): nothing waits any more
+                break
+            if started is not None:  # restart: on_stop("restart") first
+                if fire("stop") == "base":
+                    stop_key()
+                    break
+                restart = True
+                continue
+            alive = True
+        if not queue:
+            break
+        m = queue.pop(0)
+        if m.kind == "ok":
+            out[m.mid] = "handled"
+            continue
+        out[m.mid] = "failed"
+        alive = False
+        if m.kind == "base":
+            stop_key()
+            fire("stop")
+            break
+        if fire("stop") == "base":  # on_stop("restart") escalates: no restart
+            stop_key()
+            break
+        restart = True
+    return out, alive
+
+
+def expected_fault_outcomes(scenario: FaultScenario) -> dict[int, str]:
+    alive: dict[str, bool] = dict.fromkeys(dict(scenario.modes), False)
+    outcome: dict[int, str] = {}
+    for wave in scenario.waves:
+        hooks = dict(wave.hooks)
+        for key in alive:
+            mine = [m for m in wave.msgs if m.key == key]
+            got, alive[key] = simulate_key(alive[key], hooks.get(key), mine)
+            outcome.update(got)
+    return outcome
+
+
+async def _fault_answer(future: Any) -> Outcome:
+    try:
+        value = await future
+    except Boom as exc:
+        return ("failed", exc.args[0])
+    except HandlerCrashed as exc:
+        return ("crashed", type(exc.error).__name__)
+    except Dropped as exc:
+        return ("dropped", exc.reason)
+    except Exception as exc:
+        return ("error", repr(exc))
+    except BaseException as exc:  # never: an ask raises only Exceptions
+        return ("base", repr(exc))
+    return ("handled", value)
+
+
+@contextlib.asynccontextmanager
+async def _stopping_at_once(rt: Runtime) -> Any:
+    """`async with rt`, but the stop does not drain: once the checks have settled everything
+    there is nothing to drain, and after a failed check a drain would wait for a wedged key
+    for its whole timeout, in every example hypothesis tries while it shrinks."""
+    await rt.start()
+    try:
+        yield rt
+    finally:
+
+        async def stop() -> None:
+            await rt.stop(drain=False, timeout=0.1)
+
+        await asyncio.wait_for(stop(), STUCK)
+
+
+STALL = 0.5  # real seconds in which nothing moved and nothing ran: the runtime is stuck
+
+
+class Stall:
+    """Tells a wedged runtime from a slow one quickly (a failing example must not take long
+    to fail: hypothesis runs many while it shrinks)."""
+
+    def __init__(self, rt: Runtime, rec: Recorder) -> None:
+        self.rt = rt
+        self.rec = rec
+        self.last: Any = None
+        self.since = self.started = time.monotonic()
+
+    def check(self, expected_active: int = 0) -> None:
+        """Raise if nothing changed for `STALL` seconds while only `expected_active` hooks ran."""
+        stats = self.rt.stats()
+        with self.rec.lock:
+            active = sum(self.rec.active.values())
+            state = (tuple(stats[k] for k in OUTCOME_COUNTS), len(self.rec.log), active)
+        now = time.monotonic()
+        if state != self.last or active > expected_active:
+            self.last, self.since = state, now
+        elif now - self.since > STALL or now - self.started > STUCK:
+            raise AssertionError(f"the runtime is stuck: {stats}")
+
+
+OUTCOME_COUNTS = ("accepted", "pending", "handled", "failed", "interrupted", "dropped")
+
+
+async def _quiesce(rt: Runtime, clock: FakeClock, rec: Recorder) -> dict[str, Any]:
+    """Until every accepted message has its outcome, restarts included (virtual time does not
+    move: the backoff is 0; pool threads need real time)."""
+    stall = Stall(rt, rec)
+    while True:
+        await clock.advance(0)
+        stats = rt.stats()
+        done = stats["handled"] + stats["failed"] + stats["interrupted"] + stats["dropped"]
+        if (
+            done == stats["accepted"]
+            and stats["pending"] == 0
+            and stats["in_flight"] == 0
+            and not clock.pending_timers()
+        ):
+            await asyncio.wait_for(rt.wait_idle(), STUCK)
+            if not clock.pending_timers():
+                return rt.stats()
+        stall.check()
+        await asyncio.sleep(0.001)
+
+
+@settings(max_examples=FAULT_EXAMPLES)
+@given(fault_scenarios())
+def test_any_mix_of_faults_across_keys(scenario: FaultScenario) -> None:
+    """Keys whose handlers, `on_start`, `on_stop` and factory fail in every way (exceptions,
+    stray cancellations, non-`Exception`s; async, plain and blocking handlers), in waves:
+    every message gets exactly the outcome the default policy gives it (asks, dead letters
+    and stats agree), an ask never raises a non-`Exception`, no two hooks of a key overlap
+    (G2), messages start in order (G1), the loop reports nothing, and a key with no failure
+    handles all of its messages, in order, whatever the others do."""
+
+    async def main() -> tuple[FaultWorld, dict[int, Outcome], dict[str, Any], list[Any], Any]:
+        loop = asyncio.get_running_loop()
+        loop_errors: list[dict[str, Any]] = []
+        loop.set_exception_handler(lambda _loop, context: loop_errors.append(context))
+        world = FaultWorld(dict(scenario.modes))
+        clock = FakeClock()
+        letters: list[Any] = []
+        rt = Runtime(
+            world.make,
+            restart=IMMEDIATE,
+            idle_timeout=None,
+            clock=clock,
+            log_level=logging.CRITICAL,
+            max_workers=4,
+            on_dead_letter=letters.append,
+        )
+        observed: dict[int, Outcome] = {}
+        async with _stopping_at_once(rt):
+            asks: list[tuple[int, Any]] = []
+            for wave in scenario.waves:
+                world.armed.update(dict(wave.hooks))
+                for m in wave.msgs:
+                    world.rec.accept(m.mid)
+                    if m.ask:
+                        asks.append((m.mid, rt.ask(m.key, m)))
+                    else:
+                        rt.tell(m.key, m)
+                await _quiesce(rt, clock, world.rec)
+                world.armed.clear()  # what did not fire in its wave is forgotten
+            for mid, future in asks:
+                assert future.done(), f"ask {mid} unanswered"
+                observed[mid] = await _fault_answer(future)
+            stats = rt.stats()
+        return world, observed, stats, letters, loop_errors
+
+    world, observed, stats, letters, loop_errors = asyncio.run(main())
+    assert loop_errors == [], loop_errors
+    assert world.rec.overlaps == [], f"two activities of one key at once (G2): {world.rec.overlaps}"
+    msgs = {m.mid: m for wave in scenario.waves for m in wave.msgs}
+    expected = expected_fault_outcomes(scenario)
+    assert set(expected) == set(msgs)
+    for mid, answer in observed.items():
+        m = msgs[mid]
+        want = {
+            "handled": ("handled", mid),
+            "stopped": ("dropped", "stopped"),
+            "failed": {
+                "boom": ("failed", mid),
+                "stray": ("crashed", "CancelledError"),
+                "base": ("crashed", type(base_error(mid)).__name__),
+            }.get(m.kind),
+        }[expected[mid]]
+        assert answer == want, (mid, m, answer, want)
+    got_letters = sorted((d.message.mid, d.reason) for d in letters)
+    want_letters = sorted((mid, why) for mid, why in expected.items() if why != "handled")
+    assert got_letters == want_letters
+    for letter in letters:
+        m = letter.message
+        if letter.reason == "failed":
+            wanted = {"boom": Boom, "stray": asyncio.CancelledError}.get(m.kind)
+            assert type(letter.error) is (wanted or type(base_error(m.mid))), letter
+        else:
+            assert letter.cause is not None, f"{letter} lost the failure that stopped the key"
+    counts = {why: sum(v == why for v in expected.values()) for why in ("handled", "failed")}
+    assert (stats["accepted"], stats["pending"], stats["interrupted"]) == (len(msgs), 0, 0)
+    assert (stats["handled"], stats["failed"]) == (counts["handled"], counts["failed"]), stats
+    assert stats["dropped"] == len(msgs) - counts["handled"] - counts["failed"], stats
+    # G1: per key, what ran started in acceptance order (one producer, one priority).
+    starts = [e[2] for e in world.rec.log if e[0] == "start" and isinstance(e[2], int)]
+    ran = [mid for mid in sorted(msgs) if expected[mid] != "stopped"]
+    for key, _ in scenario.modes:
+        assert [s for s in starts if msgs[s].key == key] == [
+            mid for mid in ran if msgs[mid].key == key
+        ], key
+    # Keys that never failed handled everything, whatever the others did.
+    faulty = {m.key for m in msgs.values() if m.kind != "ok"}
+    faulty |= {key for wave in scenario.waves for key, _ in wave.hooks}
+    for mid, m in msgs.items():
+        if m.key not in faulty:
+            assert expected[mid] == "handled"
+
+
+# -- overrunning handlers ---------------------------------------------------------------------
+#
+# An async handler that swallows every cancellation, and a blocking one that never looks at
+# `ctx.interrupted`, both run past `handler_timeout`. The message gets `HandlerTimeout` at the
+# timeout (virtual time); the key's next message, `on_stop("restart")` and the new instance
+# wait until the handler really returned (G2); `stats()["overrunning"]` shows it meanwhile;
+# one still running `OVERRUN_GRACE` past its timeout is logged once (`handler_overran`).
+
+OVERRUN_TIMEOUT = 1.0
+OVERRUN_GRACE = 1.0  # the spec's
+OVERRUN_EXAMPLES = max(60, PROFILE_EXAMPLES)
+
+
+@dataclass(frozen=True)
+class OverrunMsg:
+    mid: int
+    key: str
+    overrun: bool
+    ask: bool
+
+
+@dataclass(frozen=True)
+class OverrunScenario:
+    keys: tuple[tuple[str, bool], ...]  # (key, blocking)
+    msgs: tuple[OverrunMsg, ...]
+    linger: tuple[bool, ...]  # per round: leave the overrunners running past the grace
+
+
+@st.composite
+def overrun_scenarios(draw: st.DrawFn) -> OverrunScenario:
+    keys = tuple((f"o{i}", draw(st.booleans())) for i in range(draw(st.integers(1, 3))))
+    msgs = [
+        OverrunMsg(mid, draw(st.sampled_from(keys))[0], draw(st.booleans()), draw(st.booleans()))
+        for mid in range(draw(st.integers(1, 8)))
+    ]
+    linger = tuple(draw(st.lists(st.booleans(), min_size=len(msgs), max_size=len(msgs))))
+    return OverrunScenario(keys, tuple(msgs), linger)
+
+
+class OverrunWorld:
+    def __init__(self, clock: FakeClock, blocking: dict[str, bool]) -> None:
+        self.clock = clock
+        self.blocking = blocking
+        self.rec = Recorder()
+        self.parked: dict[str, tuple[int, float, Any]] = {}  # key -> (mid, start, release)
+
+    def park(self, key: str, mid: int, release: Any) -> None:
+        with self.rec.lock:
+            self.parked[key] = (mid, self.clock.now(), release)
+
+    def make(self, key: Any) -> UserActor:
+        actor = BlockingOverrunner if self.blocking[key] else AsyncOverrunner
+        return actor(key, self)
+
+
+class AsyncOverrunner(UserActor):
+    def __init__(self, key: str, world: OverrunWorld) -> None:
+        super().__init__(key)
+        self.world = world
+
+    async def on_start(self) -> None:
+        self.world.rec.enter(self.key, "on_start")
+        await asyncio.sleep(0)
+        self.world.rec.exit(self.key, "on_start", "end")
+
+    async def on_stop(self, reason: str) -> None:
+        self.world.rec.enter(self.key, f"on_stop:{reason}")
+        await asyncio.sleep(0)
+        self.world.rec.exit(self.key, f"on_stop:{reason}", "end")
+
+    async def on_message(self, message: OverrunMsg, ctx: Context) -> Any:
+        self.world.rec.enter(ctx.key, message.mid)
+        try:
+            if message.overrun:
+                gate = asyncio.Event()
+                self.world.park(message.key, message.mid, gate.set)
+                while not gate.is_set():
+                    with contextlib.suppress(asyncio.CancelledError):  # swallowed, every time
+                        await gate.wait()
+            return message.mid
+        finally:
+            self.world.rec.exit(ctx.key, message.mid, "end")
+
+
+class BlockingOverrunner(UserActor):
+    blocking = True
+
+    def __init__(self, key: str, world: OverrunWorld) -> None:
+        super().__init__(key)
+        self.world = world
+
+    def on_start(self) -> None:
+        self.world.rec.enter(self.key, "on_start")
+        self.world.rec.exit(self.key, "on_start", "end")
+
+    def on_stop(self, reason: str) -> None:
+        self.world.rec.enter(self.key, f"on_stop:{reason}")
+        self.world.rec.exit(self.key, f"on_stop:{reason}", "end")
+
+    def on_message(self, message: OverrunMsg, ctx: Context) -> Any:
+        self.world.rec.enter(ctx.key, message.mid)
+        try:
+            if message.overrun:
+                gate = threading.Event()
+                self.world.park(message.key, message.mid, gate.set)
+                gate.wait(ANSWER_TIMEOUT)  # never looks at ctx.interrupted
+            return message.mid
+        finally:
+            self.world.rec.exit(ctx.key, message.mid, "end")
+
+
+async def _until_parked(rt: Runtime, clock: FakeClock, world: OverrunWorld) -> None:
+    """Let the runtime work (virtual time stands still) until each key either has an
+    overrunning handler parked or nothing to do, twice in a row."""
+    stall = Stall(rt, world.rec)
+    calm = 0
+    while calm < 2:
+        await clock.advance(0)
+        await asyncio.sleep(0.001)
+        due = [t for t in clock.pending_timers() if t <= clock.now()]
+        with world.rec.lock:
+            parked = len(world.parked)
+            settled = not due and all(
+                key in world.parked or (rt.pending(key) == 0 and world.rec.active[key] == 0)
+                for key in world.blocking
+            )
+        calm = calm + 1 if settled else 0
+        stall.check(expected_active=parked)
+
+
+@settings(max_examples=OVERRUN_EXAMPLES)
+@given(overrun_scenarios())
+def test_overrunning_handlers_get_their_outcome_at_the_timeout(scenario: OverrunScenario) -> None:
+    """Handlers that ignore their timeout (async ones swallowing the cancellation, blocking ones
+    never checking `ctx.interrupted`): each message gets `HandlerTimeout` exactly at the
+    timeout while its handler still runs, the key waits for the handler to return before
+    anything else of it runs (G2), `stats()` counts the overrunning handlers, and each one
+    left running past the grace is logged once."""
+    policy = RestartPolicy(
+        backoff_min=0, backoff_max=0, jitter=0, max_restarts=1000, handler_timeout=OVERRUN_TIMEOUT
+    )
+
+    async def main() -> tuple[OverrunWorld, dict[int, Any], list[Any], Any]:
+        loop = asyncio.get_running_loop()
+        loop_errors: list[dict[str, Any]] = []
+        loop.set_exception_handler(lambda _loop, context: loop_errors.append(context))
+        clock = FakeClock()
+        world = OverrunWorld(clock, dict(scenario.keys))
+        resolved_at: dict[int, float] = {}  # when the ask or the dead letter got the outcome
+        answers: dict[int, Any] = {}
+        dead: list[tuple[int, str, type]] = []
+
+        def on_letter(letter: Any) -> None:
+            resolved_at.setdefault(letter.message.mid, clock.now())
+            dead.append((letter.message.mid, letter.reason, type(letter.error)))
+
+        rt = Runtime(
+            world.make,
+            restart=policy,
+            idle_timeout=None,
+            clock=clock,
+            max_workers=4,
+            on_dead_letter=on_letter,
+        )
+        lingered = 0
+        async with _stopping_at_once(rt):
+            try:
+                for m in scenario.msgs:
+                    world.rec.accept(m.mid)
+                    if m.ask:
+                        future = rt.ask(m.key, m)
+                        future.add_done_callback(
+                            lambda f, mid=m.mid: resolved_at.setdefault(mid, clock.now())
+                        )
+                        answers[m.mid] = future
+                    else:
+                        rt.tell(m.key, m)
+                for linger in scenario.linger:
+                    await _until_parked(rt, clock, world)
+                    parked = dict(world.parked)
+                    if not parked:
+                        break
+                    await clock.advance(OVERRUN_TIMEOUT)
+                    for key, (mid, start, _) in parked.items():
+                        assert resolved_at.get(mid) == start + OVERRUN_TIMEOUT, (
+                            f"{mid} resolved at {resolved_at.get(mid)}, its timeout was at "
+                            f"{start + OVERRUN_TIMEOUT}"
+                        )
+                        assert world.rec.active[key] == 1, f"{key}: something else ran (G2)"
+                    assert rt.stats()["overrunning"] == len(parked), (rt.stats(), parked)
+                    if linger:
+                        await clock.advance(OVERRUN_GRACE)
+                        lingered += len(parked)
+                        overran = [e for e in logs if e["event"] == "handler_overran"]
+                        assert len(overran) == lingered, overran
+                        assert sorted(e["key"] for e in overran[-len(parked) :]) == sorted(parked)
+                    with world.rec.lock:
+                        world.parked.clear()
+                    for _, _, release in parked.values():
+                        release()
+                await _until_parked(rt, clock, world)
+                assert world.parked == {}, "more rounds than messages"
+                stats = rt.stats()
+                for mid, future in answers.items():
+                    assert future.done(), mid
+                    try:
+                        answers[mid] = ("handled", await future)
+                    except Exception as exc:
+                        answers[mid] = ("error", type(exc))
+            finally:  # a failed check must not leave handlers parked for the stop to wait on
+                with world.rec.lock:
+                    leftovers, world.parked = list(world.parked.values()), {}
+                for _, _, release in leftovers:
+                    release()
+        assert loop_errors == [], loop_errors
+        overran = [e for e in logs if e["event"] == "handler_overran"]
+        assert len(overran) == lingered, overran
+        return world, answers, dead, stats
+
+    with capture_logs() as logs:
+        world, answers, dead, stats = asyncio.run(main())
+    assert world.rec.overlaps == [], f"two activities of one key at once (G2): {world.rec.overlaps}"
+    overruns = [m for m in scenario.msgs if m.overrun]
+    assert sorted(dead) == [(m.mid, "failed", HandlerTimeout) for m in overruns], dead
+    for m in scenario.msgs:
+        if m.ask:
+            want = ("error", HandlerTimeout) if m.overrun else ("handled", m.mid)
+            assert answers[m.mid] == want, (m, answers[m.mid])
+    assert (stats["handled"], stats["failed"]) == (
+        len(scenario.msgs) - len(overruns),
+        len(overruns),
+    )
+    assert (stats["pending"], stats["overrunning"]) == (0, 0), stats
+    starts = [e[2] for e in world.rec.log if e[0] == "start" and isinstance(e[2], int)]
+    for key, _ in scenario.keys:
+        mine = [m.mid for m in scenario.msgs if m.key == key]
+        assert [mid for mid in starts if mid in mine] == mine, key  # G1, and nothing retried
