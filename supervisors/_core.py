@@ -19,6 +19,7 @@ from supervisors._supervisor import Activate, ChildFailed
 
 if TYPE_CHECKING:
     import asyncio
+    from collections import deque
     from collections.abc import Callable
 
     from actors._cell import Cell
@@ -132,10 +133,9 @@ class _Core(Host):
         self.cells: dict[str | int, Cell] = {}
         self.ingress_size: Callable[[], int] = lambda: 0
         self.context_tell: Callable[..., None] = self._context_tell
-        # Room reserved by other threads for messages in transit (written under the
-        # ingress lock; read here without it: a stale read only errs by one message).
-        self.transit: dict[str | int, int] = {}
-        self.in_transit = 0
+        # Room reserved by other threads for messages in transit: a token per message
+        # (see supervisors._ingress: deque operations are atomic, a counter's += is not).
+        self.transit: dict[str | int, deque[None]] = {}
         self.phase = RUNNING
         self.refusal = "the runtime is stopping or stopped: it accepts no more messages"
         self.overruns = 0
@@ -178,7 +178,11 @@ class _Core(Host):
             check_ttl(ttl)
         cell = self.cells.get(key)
         # Messages in transit from other threads hold room they reserved at their call site.
-        size = self.transit.get(key, 0) if self.in_transit else 0
+        size = 0
+        if self.transit:
+            tokens = self.transit.get(key)
+            if tokens is not None:
+                size = len(tokens)
         if cell is None:
             if key == "":
                 raise InvalidKey(key)
@@ -278,7 +282,7 @@ class _Core(Host):
 
     def _check_total(self, key: str | int) -> None:
         limit = self.max_total_pending
-        if limit is not None and self.pending + self.in_transit >= limit:
+        if limit is not None and self.pending + self.ingress_size() >= limit:
             raise MailboxFull(key, limit, scope="runtime")
 
     def _clear_below(self, cell: Cell, priority: int) -> None:

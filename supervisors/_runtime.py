@@ -46,7 +46,7 @@ from supervisors._core import (
     check_priority,
     check_ttl,
 )
-from supervisors._ingress import Ingress, Submission
+from supervisors._ingress import Ingress
 from supervisors._options import RuntimeOptions
 from supervisors._policy import Directive, RestartPolicy
 from supervisors._quiescence import wait_idle
@@ -367,11 +367,17 @@ class Runtime:
         internal: bool,
     ) -> None:
         """A call from another thread: validated here, room reserved, handed to the loop."""
-        check_key(key)
-        check_priority(priority)
-        check_flag("interrupt", interrupt)
-        check_flag("clear", clear)
-        check_ttl(ttl)
+        # The common case costs a type check each; the helpers raise the clear errors.
+        if (type(key) is not str and type(key) is not int) or key == "":
+            check_key(key)
+        if type(priority) is not int or priority < 0:
+            check_priority(priority)
+        if interrupt is not False and interrupt is not True:
+            check_flag("interrupt", interrupt)
+        if clear is not False and clear is not True:
+            check_flag("clear", clear)
+        if ttl is not None:
+            check_ttl(ttl)
         ingress = self._ingress
         if ingress is None:
             _not_started()
@@ -380,7 +386,7 @@ class Runtime:
             msg = f"the runtime is {self._state}: it accepts no messages"
             raise RuntimeStopped(msg)
         ingress.submit(  # type: ignore[union-attr]
-            Submission(key, message, priority, interrupt, clear, reply_to, ttl, internal)
+            key, message, priority, interrupt, clear, reply_to, ttl, internal
         )
 
     def _context_tell(
