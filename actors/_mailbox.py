@@ -150,13 +150,7 @@ class Mailbox:
         lanes = self._lanes
         if lanes is None:  # only priority 0 waits
             envelope = self._head
-            lane0 = self._lane0
-            if lane0 is None:
-                self._head = None
-            else:
-                self._head = lane0.popleft()
-                if not lane0:
-                    self._lane0 = None
+            self._next_head()
             return envelope
         order: list[int] = self._order  # type: ignore[assignment]
         priority = order[-1]
@@ -168,6 +162,16 @@ class Mailbox:
             if not order:
                 self._lanes = self._order = None
         return envelope
+
+    def _next_head(self) -> None:
+        """The head of priority 0 leaves: the next one in `_lane0` takes its place."""
+        lane0 = self._lane0
+        if lane0 is None:
+            self._head = None
+        else:
+            self._head = lane0.popleft()
+            if not lane0:
+                self._lane0 = None
 
     def get(self) -> Envelope:
         """pykka's `ActorInbox.get`, without blocking: raises `LookupError` when empty."""
@@ -213,13 +217,7 @@ class Mailbox:
     def remove(self, envelope: Envelope) -> bool:
         """Remove one waiting envelope, wherever it is (a linear scan of its lane)."""
         if self._head is envelope:
-            lane0 = self._lane0
-            if lane0 is None:
-                self._head = None
-            else:
-                self._head = lane0.popleft()
-                if not lane0:
-                    self._lane0 = None
+            self._next_head()
             self._size -= 1
             return True
         lane: deque[Envelope] | None = None

@@ -35,6 +35,7 @@ __all__ = [
     "DRAINING",
     "RUNNING",
     "STOPPED",
+    "check_call",
     "check_flag",
     "check_key",
     "check_priority",
@@ -58,6 +59,24 @@ def check_priority(priority: Any) -> None:
     """Raise `InvalidPriority` unless `priority` is an `int` >= 0 (not `bool`)."""
     if isinstance(priority, bool) or not isinstance(priority, int) or priority < 0:
         raise InvalidPriority(priority)
+
+
+def check_call(key: Any, priority: Any, interrupt: Any, clear: Any, ttl: Any) -> None:
+    """Raise the clear error for a bad argument of `tell`/`ask` (G9), nothing enqueued.
+
+    The common case costs one type check per argument; the helpers below say
+    what is wrong.
+    """
+    if (type(key) is not str and type(key) is not int) or key == "":
+        check_key(key)
+    if type(priority) is not int or priority < 0:
+        check_priority(priority)
+    if interrupt is not False and interrupt is not True:
+        check_flag("interrupt", interrupt)
+    if clear is not False and clear is not True:
+        check_flag("clear", clear)
+    if ttl is not None:
+        check_ttl(ttl)
 
 
 def check_flag(name: str, value: Any) -> None:
@@ -166,16 +185,7 @@ class _Core(Host):
         """Accept one message for `key`, or raise without enqueuing anything."""
         if not self.accepting:
             raise RuntimeStopped(self.refusal)
-        if type(key) is not str and type(key) is not int:
-            check_key(key)
-        if type(priority) is not int or priority < 0:
-            check_priority(priority)
-        if interrupt is not False and interrupt is not True:
-            check_flag("interrupt", interrupt)
-        if clear is not False and clear is not True:
-            check_flag("clear", clear)
-        if ttl is not None:
-            check_ttl(ttl)
+        check_call(key, priority, interrupt, clear, ttl)
         cell = self.cells.get(key)
         # Messages in transit from other threads hold room they reserved at their call site.
         size = 0
@@ -183,10 +193,7 @@ class _Core(Host):
             tokens = self.transit.get(key)
             if tokens is not None:
                 size = len(tokens)
-        if cell is None:
-            if key == "":
-                raise InvalidKey(key)
-        else:
+        if cell is not None:
             size += cell._size
         if size >= self.max_pending:
             raise MailboxFull(key, self.max_pending)
@@ -269,8 +276,7 @@ class _Core(Host):
             finally:
                 self.accepting = False
         elif phase == CLOSING:
-            check_key(key)
-            check_priority(priority)
+            check_call(key, priority, interrupt, clear, ttl)
             self.drop_late(key, message, priority, None)
         else:
             raise RuntimeStopped(self.refusal)

@@ -41,10 +41,9 @@ from supervisors._core import (
     CLOSING,
     DRAINING,
     _Core,
+    check_call,
     check_flag,
     check_key,
-    check_priority,
-    check_ttl,
 )
 from supervisors._ingress import Ingress
 from supervisors._options import RuntimeOptions
@@ -367,17 +366,7 @@ class Runtime:
         internal: bool,
     ) -> None:
         """A call from another thread: validated here, room reserved, handed to the loop."""
-        # The common case costs a type check each; the helpers raise the clear errors.
-        if (type(key) is not str and type(key) is not int) or key == "":
-            check_key(key)
-        if type(priority) is not int or priority < 0:
-            check_priority(priority)
-        if interrupt is not False and interrupt is not True:
-            check_flag("interrupt", interrupt)
-        if clear is not False and clear is not True:
-            check_flag("clear", clear)
-        if ttl is not None:
-            check_ttl(ttl)
+        check_call(key, priority, interrupt, clear, ttl)
         ingress = self._ingress
         if ingress is None:
             _not_started()

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator, MutableMapping, Sequence
 from typing import Any
 
-from supervisors import RestartPolicy
+from supervisors import RestartPolicy, Runtime
 
 
 def policy(**overrides: Any) -> RestartPolicy:
@@ -20,3 +23,52 @@ def policy(**overrides: Any) -> RestartPolicy:
     }
     options.update(overrides)
     return RestartPolicy(**options)
+
+
+# -- shared by the black-box tests (test_hardening*.py) --------------------------------
+
+
+def ledger_ok(stats: dict[str, Any]) -> bool:
+    done = stats["handled"] + stats["failed"] + stats["interrupted"] + stats["dropped"]
+    return stats["pending"] == 0 and stats["in_flight"] == 0 and done == stats["accepted"]
+
+
+def outcomes(stats: dict[str, Any]) -> tuple[int, int, int, int, int]:
+    """(accepted, handled, failed, interrupted, dropped)"""
+    return (
+        stats["accepted"],
+        stats["handled"],
+        stats["failed"],
+        stats["interrupted"],
+        stats["dropped"],
+    )
+
+
+async def settle(rt: Runtime, seconds: float = 2.0) -> None:
+    # A hang detector, not a timing.
+    await asyncio.wait_for(rt.wait_idle(), seconds)
+
+
+async def in_flight(rt: Runtime, n: int) -> None:
+    """Yield to the loop until `n` handlers are running (bounded, never a timed sleep)."""
+    for _ in range(1000):
+        if rt.stats()["in_flight"] >= n:
+            return
+        await asyncio.sleep(0)
+    raise AssertionError(f"never saw {n} handlers in flight")
+
+
+@contextlib.asynccontextmanager
+async def running(*args: Any, **options: Any) -> AsyncIterator[Runtime]:
+    """`async with Runtime(...)`, whose stop has a short drain timeout: a key wedged by a
+    regression (or a message left waiting by a failed assertion) fails the test instead of
+    holding the exit for 10 s."""
+    rt = await Runtime(*args, **options).start()
+    try:
+        yield rt
+    finally:
+        await asyncio.wait_for(rt.stop(timeout=1.0), 5)
+
+
+def named(logs: Sequence[MutableMapping[str, Any]], event: str) -> list[MutableMapping[str, Any]]:
+    return [entry for entry in logs if entry["event"] == event]

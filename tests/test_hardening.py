@@ -21,7 +21,7 @@ import threading
 import time
 import warnings
 from collections import Counter
-from collections.abc import AsyncIterator, Awaitable, Callable, MutableMapping, Sequence
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import pytest
@@ -32,7 +32,7 @@ from actors import Context, Dropped, HandlerTimeout, Interrupted, RuntimeStopped
 from actors._kernel import LoopActor
 from actors.testing import FakeClock, wait_all_tasks_blocked
 from supervisors import Directive, RestartPolicy, Runtime, default_decider
-from tests.helpers import policy
+from tests.helpers import in_flight, ledger_ok, named, outcomes, policy, running, settle
 
 GRACE = 1.0  # SHUTDOWN_GRACE and OVERRUN_GRACE of the contract
 SLACK = 0.5  # scheduling on a loaded 2-core machine
@@ -53,51 +53,6 @@ QUITS = [pytest.param(SystemExit, id="SystemExit"), pytest.param(KeyboardInterru
 
 
 # -- helpers --------------------------------------------------------------------------------
-
-
-def ledger_ok(stats: dict[str, Any]) -> bool:
-    done = stats["handled"] + stats["failed"] + stats["interrupted"] + stats["dropped"]
-    return stats["pending"] == 0 and stats["in_flight"] == 0 and done == stats["accepted"]
-
-
-def outcomes(stats: dict[str, Any]) -> tuple[int, int, int, int, int]:
-    """(accepted, handled, failed, interrupted, dropped)"""
-    return (
-        stats["accepted"],
-        stats["handled"],
-        stats["failed"],
-        stats["interrupted"],
-        stats["dropped"],
-    )
-
-
-async def settle(rt: Runtime, seconds: float = 2.0) -> None:
-    # A hang detector, not a timing.
-    await asyncio.wait_for(rt.wait_idle(), seconds)
-
-
-async def in_flight(rt: Runtime, n: int) -> None:
-    """Yield to the loop until `n` handlers are running (bounded, never a timed sleep)."""
-    for _ in range(1000):
-        if rt.stats()["in_flight"] >= n:
-            return
-        await asyncio.sleep(0)
-    raise AssertionError(f"never saw {n} handlers in flight")
-
-
-@contextlib.asynccontextmanager
-async def running(*args: Any, **options: Any) -> AsyncIterator[Runtime]:
-    """`async with Runtime(...)`, whose stop has a short drain timeout: a key wedged by a
-    regression fails the test's assertion instead of holding the exit for 10 s."""
-    rt = await Runtime(*args, **options).start()
-    try:
-        yield rt
-    finally:
-        await asyncio.wait_for(rt.stop(timeout=1.0), 5)
-
-
-def named(logs: Sequence[MutableMapping[str, Any]], event: str) -> list[MutableMapping[str, Any]]:
-    return [entry for entry in logs if entry["event"] == event]
 
 
 def actor_class(kind: str, handle: Callable[..., Any], base: type[UserActor] = UserActor) -> Any:

@@ -9,11 +9,9 @@ Black-box tests through the public API. Logs are checked as data with
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import math
 import re
-from collections.abc import AsyncIterator, MutableMapping, Sequence
 from typing import Any
 
 import pykka
@@ -34,7 +32,7 @@ from actors import (
 )
 from actors.testing import FakeClock, wait_all_tasks_blocked
 from supervisors import Directive, RestartPolicy, Runtime
-from tests.helpers import policy
+from tests.helpers import in_flight, ledger_ok, named, policy, running, settle
 
 EPS = 0.25  # exactly representable, so virtual times compare exactly
 
@@ -64,40 +62,6 @@ class Held(UserActor):
 def _reset_held() -> None:
     Held.gate = asyncio.Event()
     Held.handled = []
-
-
-def ledger_ok(stats: dict[str, Any]) -> bool:
-    done = stats["handled"] + stats["failed"] + stats["interrupted"] + stats["dropped"]
-    return stats["pending"] == 0 and stats["in_flight"] == 0 and done == stats["accepted"]
-
-
-async def settle(rt: Runtime, seconds: float = 2.0) -> None:
-    # A hang detector, not a timing.
-    await asyncio.wait_for(rt.wait_idle(), seconds)
-
-
-async def in_flight(rt: Runtime, n: int) -> None:
-    """Yield to the loop until `n` handlers are running (bounded, never a timed sleep)."""
-    for _ in range(1000):
-        if rt.stats()["in_flight"] >= n:
-            return
-        await asyncio.sleep(0)
-    raise AssertionError(f"never saw {n} handlers in flight")
-
-
-@contextlib.asynccontextmanager
-async def running(*args: Any, **options: Any) -> AsyncIterator[Runtime]:
-    """`async with Runtime(...)`, whose stop has a short drain timeout: a message left
-    waiting behind a held handler by a failed assertion does not hold the exit for 10 s."""
-    rt = await Runtime(*args, **options).start()
-    try:
-        yield rt
-    finally:
-        await asyncio.wait_for(rt.stop(timeout=1.0), 5)
-
-
-def named(logs: Sequence[MutableMapping[str, Any]], event: str) -> list[MutableMapping[str, Any]]:
-    return [entry for entry in logs if entry["event"] == event]
 
 
 def raised_by(call: Any, *args: Any, **kwargs: Any) -> BaseException | None:
