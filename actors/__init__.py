@@ -10,8 +10,10 @@ as C extensions built by mypyc, or as the identical pure-Python code.
 
 from actors import _cell
 from actors._clock import Clock, LoopClock
+from actors._codec import Codec, EnvelopeRecord
 from actors._errors import (
     BlockingOnLoop,
+    CodecError,
     Dropped,
     FutureTimeout,
     HandlerCrashed,
@@ -34,9 +36,12 @@ __all__ = [
     "COMPILED",
     "BlockingOnLoop",
     "Clock",
+    "Codec",
+    "CodecError",
     "Context",
     "DeadLetter",
     "Dropped",
+    "EnvelopeRecord",
     "FutureTimeout",
     "HandlerCrashed",
     "HandlerTimeout",

@@ -17,6 +17,7 @@ import pykka
 
 __all__ = [
     "BlockingOnLoop",
+    "CodecError",
     "Dropped",
     "FutureTimeout",
     "HandlerCrashed",
@@ -78,6 +79,21 @@ class Interrupted(InorderError):
         super().__init__(f"handler for {key!r} was interrupted ({reason})")
         self.key = key
         self.reason = reason
+
+
+class CodecError(InorderError, ValueError):
+    """Raised when a value cannot be encoded, or bytes cannot be decoded, by a `Codec`.
+
+    At encode: a value of an unsupported or unregistered type (the message names
+    the type and where it sits, e.g. `value['items'][2].tags`), an int outside
+    64 bits, a naive datetime, nesting deeper than `MAX_DEPTH`, an encoded size
+    over `max_size`, or a registered encoder that raised. At decode: bytes that
+    are not entirely one value this codec wrote (random, truncated, trailing
+    data, a foreign extension), an unknown tag, an envelope of another format
+    version, or a registered decoder that raised. At registration: a bad or
+    duplicate tag, a class registered twice, a class that needs functions.
+    Nothing was stored or returned.
+    """
 
 
 class Dropped(InorderError):

@@ -40,7 +40,10 @@ def test_one_error_hierarchy() -> None:
     import actors
 
     for name in ("Dropped", "Interrupted", "MailboxFull", "RuntimeStopped", "InvalidKey",
-                 "InvalidPriority", "HandlerTimeout", "BlockingOnLoop"):
+                 "InvalidPriority", "HandlerTimeout", "BlockingOnLoop", "HandlerCrashed",
+                 "FutureTimeout", "CodecError"):
         assert issubclass(getattr(actors, name), actors.InorderError)
     assert issubclass(actors.InvalidKey, ValueError)
     assert issubclass(actors.HandlerTimeout, TimeoutError)
+    assert issubclass(actors.FutureTimeout, TimeoutError)
+    assert issubclass(actors.CodecError, ValueError)

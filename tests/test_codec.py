@@ -1,0 +1,641 @@
+"""The msgpack codec: round-trips, registered types, envelopes, and nothing but CodecError.
+
+Round-trips are checked with `same`, a deep equality that also compares exact
+types (a tuple must come back a tuple, a bool a bool), treats NaN as equal to
+NaN and tells -0.0 from 0.0, so a value equal under `==` but changed in kind
+does not pass.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import enum
+import math
+import threading
+from dataclasses import InitVar, dataclass, field
+from datetime import UTC, datetime, timedelta, timezone
+from typing import Any
+
+import msgpack  # type: ignore[import-untyped]
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from actors._codec import (
+    DEFAULT_MAX_SIZE,
+    ENVELOPE_VERSION,
+    MAX_DEPTH,
+    Codec,
+    CodecError,
+    EnvelopeRecord,
+)
+from actors._errors import InorderError
+
+# Fuzzing is cheap: a few times the profile's examples.
+FUZZ = settings(max_examples=max(300, 5 * settings().max_examples))
+
+# -- registered test types ----------------------------------------------------------------
+
+
+@dataclass
+class Plain:
+    text: str
+    n: int = 0
+    extra: Any = None
+
+
+@dataclass(frozen=True)
+class Frozen:
+    items: tuple[int, ...]
+    when: datetime | None = None
+
+
+@dataclass(slots=True)
+class Slotted:
+    a: float
+    b: bytes = b""
+
+
+@dataclass(frozen=True, slots=True)
+class FrozenSlots:
+    name: str
+    inner: Plain
+
+
+@dataclass
+class Derived:
+    """init=False fields: one computed by __post_init__, one mutated after creation."""
+
+    words: list[str]
+    count: int = field(init=False)
+    seen: int = field(init=False, default=0)
+
+    def __post_init__(self) -> None:
+        self.count = len(self.words)
+
+
+class Point:
+    """Not a dataclass: registered with a pair of functions."""
+
+    __slots__ = ("x", "y")
+
+    def __init__(self, x: int, y: int) -> None:
+        self.x = x
+        self.y = y
+
+    def __eq__(self, other: object) -> bool:
+        return type(other) is Point and (self.x, self.y) == (other.x, other.y)
+
+    __hash__ = None  # type: ignore[assignment]
+
+
+class Color(enum.IntEnum):
+    RED = 1
+
+
+class Box:
+    """Function-registered, holding any value (registered objects included)."""
+
+    def __init__(self, content: Any) -> None:
+        self.content = content
+
+
+def make_codec(max_size: int = DEFAULT_MAX_SIZE) -> Codec:
+    codec = Codec(max_size=max_size)
+    for cls in (Plain, Frozen, Slotted, FrozenSlots, Derived):
+        codec.register(cls)
+    codec.register(Point, tag="test.point", encode=lambda p: (p.x, p.y), decode=lambda v: Point(*v))
+    codec.register(Box, encode=lambda b: {"content": b.content}, decode=lambda v: Box(v["content"]))
+    return codec
+
+
+CODEC = make_codec()
+
+
+def same(a: Any, b: Any) -> bool:
+    """Deep equality of exact types; NaN equals NaN, -0.0 differs from 0.0.
+
+    `a` is what was decoded: its datetimes must be in UTC."""
+    if type(a) is not type(b):
+        return False
+    if type(a) is float:
+        if math.isnan(a):
+            return math.isnan(b)
+        return a == b and math.copysign(1, a) == math.copysign(1, b)
+    if type(a) in (list, tuple):
+        return len(a) == len(b) and all(same(x, y) for x, y in zip(a, b, strict=True))
+    if type(a) is dict:
+        return list(a) == list(b) and all(same(a[k], b[k]) for k in a)
+    if type(a) is datetime:
+        return a == b and a.tzinfo is UTC
+    if dataclasses.is_dataclass(a):
+        return all(same(getattr(a, f.name), getattr(b, f.name)) for f in dataclasses.fields(a))
+    if type(a) is Box:
+        return same(a.content, b.content)
+    return bool(a == b)
+
+
+def assert_only_codec_error(call: Any, data: bytes) -> Any:
+    """`call(data)` returns, or raises CodecError: never anything else."""
+    try:
+        return call(data)
+    except CodecError:
+        return None
+
+
+# -- strategies ---------------------------------------------------------------------------
+
+INT64 = st.integers(min_value=-(2**63), max_value=2**64 - 1)
+OFFSETS = st.integers(min_value=-1439, max_value=1439).map(lambda m: timezone(timedelta(minutes=m)))
+AWARE = st.datetimes(
+    min_value=datetime(1, 1, 2), max_value=datetime(9999, 12, 30), timezones=OFFSETS
+)
+SCALARS = (
+    st.none()
+    | st.booleans()
+    | INT64
+    | st.floats()  # NaN, infinities and -0.0 included
+    | st.text(max_size=20)
+    | st.binary(max_size=20)
+    | AWARE
+)
+KEYS = st.text(max_size=8) | INT64
+
+
+def containers(children: st.SearchStrategy[Any]) -> st.SearchStrategy[Any]:
+    return (
+        st.lists(children, max_size=4)
+        | st.lists(children, max_size=4).map(tuple)
+        | st.dictionaries(KEYS, children, max_size=4)
+    )
+
+
+VALUES = st.recursive(SCALARS, containers, max_leaves=16)
+
+
+def objects(children: st.SearchStrategy[Any]) -> st.SearchStrategy[Any]:
+    """Every registered type, holding generated values (registered objects among them)."""
+    plain = st.builds(Plain, st.text(max_size=8), INT64, children)
+    return (
+        plain
+        | st.builds(Frozen, st.lists(INT64, max_size=4).map(tuple), st.none() | AWARE)
+        | st.builds(Slotted, st.floats(), st.binary(max_size=8))
+        | st.builds(FrozenSlots, st.text(max_size=8), plain)
+        | st.builds(Derived, st.lists(st.text(max_size=4), max_size=4))
+        | st.builds(Point, INT64, INT64)
+        | st.builds(Box, children)
+    )
+
+
+VALUES_WITH_OBJECTS = st.recursive(
+    SCALARS, lambda children: containers(children) | objects(children), max_leaves=16
+)
+ENVELOPES = st.builds(
+    EnvelopeRecord,
+    key=st.text(min_size=1, max_size=20) | INT64,
+    message=VALUES_WITH_OBJECTS,
+    priority=st.integers(min_value=0, max_value=2**64 - 1),
+    attempt=st.integers(min_value=0, max_value=100),
+    accepted_at=st.floats(),
+    msg_id=st.none() | st.text(max_size=20),
+)
+
+
+def encode(record: EnvelopeRecord) -> bytes:
+    return CODEC.encode_envelope(
+        record.key,
+        record.message,
+        priority=record.priority,
+        attempt=record.attempt,
+        accepted_at=record.accepted_at,
+        msg_id=record.msg_id,
+    )
+
+
+# -- round-trips ----------------------------------------------------------------------------
+
+
+@given(VALUES)
+def test_every_supported_value_round_trips(value: Any) -> None:
+    assert same(CODEC.loads(CODEC.dumps(value)), value)
+
+
+@given(VALUES_WITH_OBJECTS)
+def test_registered_objects_round_trip_anywhere_in_a_value(value: Any) -> None:
+    assert same(CODEC.loads(CODEC.dumps(value)), value)
+
+
+@pytest.mark.parametrize(
+    "value",
+    [
+        float("nan"),
+        float("inf"),
+        -0.0,
+        2**64 - 1,
+        -(2**63),
+        (),
+        ((),),
+        [(1, [2, (3,)])],
+        {1: "int key", "1": "str key", -5: None},
+        "",
+        b"",
+        "naïve ✓ 🎉",
+        datetime(1, 1, 1, tzinfo=UTC),
+        datetime(9999, 12, 31, 23, 59, 59, 999999, tzinfo=UTC),
+        datetime(1969, 12, 31, 23, 59, 59, 500000, tzinfo=UTC),
+    ],
+    ids=repr,
+)
+def test_edge_values_round_trip(value: Any) -> None:
+    assert same(CODEC.loads(CODEC.dumps(value)), value)
+
+
+def test_datetime_comes_back_in_utc_as_the_same_instant() -> None:
+    paris = datetime(2024, 5, 1, 12, 30, 15, 123456, tzinfo=timezone(timedelta(hours=2)))
+    back = CODEC.loads(CODEC.dumps(paris))
+    assert back == paris
+    assert back.tzinfo is UTC
+    assert back.hour == 10
+
+
+def test_registered_kinds() -> None:
+    """Plain, frozen (still hashable: its tuple stays a tuple), slotted, nested, derived."""
+    frozen = Frozen((1, 2), datetime(2024, 1, 1, tzinfo=UTC))
+    back = CODEC.loads(CODEC.dumps(frozen))
+    assert back == frozen
+    assert hash(back) == hash(frozen)
+    nested = FrozenSlots("outer", Plain("in", 3, [Point(1, 2), Box(Slotted(0.5, b"x"))]))
+    assert same(CODEC.loads(CODEC.dumps(nested)), nested)
+    derived = Derived(["a", "b"])
+    derived.seen = 7  # an init=False field changed after creation is kept
+    back = CODEC.loads(CODEC.dumps(derived))
+    assert (back.words, back.count, back.seen) == (["a", "b"], 2, 7)
+
+
+def test_register_returns_the_class_and_works_as_a_decorator() -> None:
+    codec = Codec()
+
+    @codec.register
+    @dataclass
+    class Local:
+        x: int
+
+    assert codec.loads(codec.dumps(Local(1))) == Local(1)
+
+
+def test_a_dataclass_may_also_use_functions_and_a_tag_of_its_own() -> None:
+    codec = Codec()
+    codec.register(Plain, tag="v2:plain", encode=lambda p: p.text, decode=Plain)
+    data = codec.dumps(Plain("hi"))
+    assert b"v2:plain" in data
+    assert b"extra" not in data
+    assert codec.loads(data) == Plain("hi")
+
+
+def test_an_enum_registers_with_functions() -> None:
+    codec = Codec()
+    codec.register(Color, encode=lambda c: c.value, decode=Color)
+    assert same(codec.loads(codec.dumps({"c": Color.RED})), {"c": Color.RED})
+
+
+# -- envelopes -----------------------------------------------------------------------------
+
+
+@given(ENVELOPES)
+def test_envelope_round_trips(record: EnvelopeRecord) -> None:
+    assert same(CODEC.decode_envelope(encode(record)), record)
+
+
+def test_envelope_defaults_and_int_timestamp() -> None:
+    data = CODEC.encode_envelope(42, "hi", accepted_at=5)
+    assert CODEC.decode_envelope(data) == EnvelopeRecord(42, "hi", 0, 0, 5.0, None)
+
+
+def test_envelope_of_another_version_is_refused() -> None:
+    data = CODEC.encode_envelope("k", "hi", accepted_at=1.0)
+    record = msgpack.unpackb(data)
+    assert record[0] == ENVELOPE_VERSION
+    record[0] = ENVELOPE_VERSION + 1
+    with pytest.raises(CodecError, match=f"version {ENVELOPE_VERSION + 1}"):
+        CODEC.decode_envelope(msgpack.packb(record))
+
+
+@pytest.mark.parametrize(
+    "data",
+    [
+        msgpack.packb("a str"),
+        msgpack.packb([]),
+        msgpack.packb(["1", "k"]),
+        msgpack.packb([1, "k", 0, 0, 1.0, None]),  # a field short
+        msgpack.packb([1, "k", -1, 0, 1.0, None, b"\xa0"]),  # negative priority
+        msgpack.packb([1, "", 0, 0, 1.0, None, b"\xa0"]),  # empty key
+        msgpack.packb([1, "k", 0, 0, "1.0", None, b"\xa0"]),  # accepted_at a str
+        msgpack.packb([1, "k", 0, 0, 1.0, 5, b"\xa0"]),  # msg_id an int
+        msgpack.packb([1, "k", 0, 0, 1.0, None, "not bytes"]),
+        msgpack.packb([1, "k", 0, 0, 1.0, None, msgpack.ExtType(1, b"\x90")]),
+    ],
+)
+def test_malformed_envelopes_are_refused(data: bytes) -> None:
+    with pytest.raises(CodecError):
+        CODEC.decode_envelope(data)
+
+
+def test_undecodable_message_names_its_key_and_id() -> None:
+    data = CODEC.encode_envelope("telegram:42", Point(1, 2), accepted_at=1.0, msg_id="m-7")
+    with pytest.raises(CodecError, match=r"'telegram:42'.*'m-7'.*unknown type tag 'test.point'"):
+        Codec().decode_envelope(data)
+
+
+@pytest.mark.parametrize(
+    ("fields", "named"),
+    [
+        ({"key": ""}, "key"),
+        ({"key": True}, "key"),
+        ({"key": 1.5}, "key"),
+        ({"priority": -1}, "priority"),
+        ({"priority": True}, "priority"),
+        ({"attempt": -1}, "attempt"),
+        ({"accepted_at": "now"}, "accepted_at"),
+        ({"msg_id": 3}, "msg_id"),
+    ],
+)
+def test_envelope_fields_are_checked_at_encode(fields: dict[str, Any], named: str) -> None:
+    args: dict[str, Any] = {"key": "k", "priority": 0, "attempt": 0, "accepted_at": 1.0}
+    args.update(fields)
+    key = args.pop("key")
+    with pytest.raises(CodecError, match=named):
+        CODEC.encode_envelope(key, "hi", **args)
+
+
+# -- nothing but CodecError ------------------------------------------------------------------
+
+
+@FUZZ
+@given(st.binary(max_size=300))
+def test_random_bytes_only_ever_raise_codec_error(data: bytes) -> None:
+    value = assert_only_codec_error(CODEC.loads, data)
+    if value is not None:  # valid msgpack that decodes encodes again, or says why not
+        assert_only_codec_error(CODEC.dumps, value)
+    assert_only_codec_error(CODEC.decode_envelope, data)
+
+
+@FUZZ
+@given(VALUES_WITH_OBJECTS, st.data())
+def test_corrupted_payloads_only_ever_raise_codec_error(value: Any, data: st.DataObject) -> None:
+    payload = bytearray(CODEC.dumps(value))
+    for _ in range(data.draw(st.integers(1, 4))):
+        at = data.draw(st.integers(0, len(payload)))
+        how = data.draw(st.sampled_from(["flip", "insert", "delete"]))
+        if how == "insert" or at == len(payload):
+            payload.insert(at, data.draw(st.integers(0, 255)))
+        elif how == "flip":
+            payload[at] ^= data.draw(st.integers(1, 255))
+        else:
+            del payload[at]
+    assert_only_codec_error(CODEC.loads, bytes(payload))
+
+
+@given(VALUES_WITH_OBJECTS)
+def test_truncated_or_extended_payloads_raise_codec_error(value: Any) -> None:
+    payload = CODEC.dumps(value)
+    for end in range(len(payload)):
+        with pytest.raises(CodecError):
+            CODEC.loads(payload[:end])
+    with pytest.raises(CodecError, match="trailing data"):
+        CODEC.loads(payload + b"\xc0")
+
+
+@given(ENVELOPES)
+def test_truncated_envelopes_raise_codec_error(record: EnvelopeRecord) -> None:
+    data = encode(record)
+    for end in range(len(data)):
+        with pytest.raises(CodecError):
+            CODEC.decode_envelope(data[:end])
+
+
+@pytest.mark.parametrize(
+    ("data", "match"),
+    [
+        (b"", "truncated"),
+        (b"\xc1", "not msgpack"),
+        (b"\x01\x02", "trailing data"),
+        (msgpack.packb(msgpack.ExtType(42, b"\x90")), "extension type 42"),
+        (msgpack.packb(msgpack.ExtType(1, b"\x01")), "tuple extension"),
+        (msgpack.packb(msgpack.ExtType(1, b"\x91")), "truncated"),
+        (msgpack.packb(msgpack.ExtType(1, b"\x90\x90")), "trailing data"),
+        (msgpack.packb(msgpack.ExtType(2, msgpack.packb(["x"]))), r"\[tag, value\]"),
+        (msgpack.packb(msgpack.ExtType(2, msgpack.packb([1, 2]))), r"\[tag, value\]"),
+        (msgpack.packb(msgpack.ExtType(2, msgpack.packb(["no.such.Tag", 1]))), "no.such.Tag"),
+        (msgpack.packb({None: 1}), "map key of type NoneType"),
+        (msgpack.packb({b"k": 1}, use_bin_type=True), "map key of type bytes"),
+        (msgpack.packb(msgpack.Timestamp(2**40, 0)), "OverflowError"),
+        (b"\xa2\xff\xfe", "UnicodeDecodeError"),
+        (b"\xdd\xff\xff\xff\xff", "max_array_len"),  # claims 4 G items in 5 bytes
+        (b"\x91" * 5000 + b"\xc0", "nested too deeply"),
+    ],
+)
+def test_foreign_and_malformed_bytes(data: bytes, match: str) -> None:
+    with pytest.raises(CodecError, match=match):
+        CODEC.loads(data)
+
+
+def test_registered_decoders_that_raise_or_bad_fields_give_codec_error() -> None:
+    point = msgpack.ExtType(2, msgpack.packb(["test.point", "not a pair"]))
+    with pytest.raises(CodecError, match=r"decoder registered for 'test\.point'") as caught:
+        CODEC.loads(msgpack.packb(point))
+    assert isinstance(caught.value.__cause__, TypeError)
+    tag = f"{Plain.__module__}.Plain"
+    for fields in ({"nope": 1}, {"n": 1}, [1], {1: "x"}):
+        with pytest.raises(CodecError, match="Plain"):
+            CODEC.loads(msgpack.packb(msgpack.ExtType(2, msgpack.packb([tag, fields]))))
+
+
+def test_hostile_nesting_is_refused_within_a_small_stack() -> None:
+    """Tuples nested far beyond MAX_DEPTH (each one a nested msgpack payload) are refused
+    without exhausting even a 256 kB thread stack; MAX_DEPTH levels decode there."""
+    hostile = msgpack.packb([])
+    for _ in range(2000):
+        hostile = msgpack.packb(msgpack.ExtType(1, hostile))
+    deepest: Any = ()
+    for _ in range(MAX_DEPTH - 1):
+        deepest = (deepest,)
+    legit = CODEC.dumps(deepest)
+    results: list[Any] = []
+
+    def run() -> None:
+        results.append(same(CODEC.loads(legit), deepest))
+        try:
+            CODEC.loads(hostile)
+        except CodecError as exc:
+            results.append(str(exc))
+
+    old = threading.stack_size(256 * 1024)
+    try:
+        thread = threading.Thread(target=run)
+        thread.start()
+    finally:
+        threading.stack_size(old)
+    thread.join()
+    assert results[0] is True
+    assert "deeper than" in results[1]
+
+
+def test_loads_takes_bytes_like_only() -> None:
+    data = CODEC.dumps([1, "a"])
+    assert CODEC.loads(bytearray(data)) == [1, "a"]
+    assert CODEC.loads(memoryview(data)) == [1, "a"]
+    with pytest.raises(CodecError, match="expected bytes"):
+        CODEC.loads("a str")  # type: ignore[arg-type]
+
+
+# -- what cannot be encoded --------------------------------------------------------------------
+
+
+@dataclass
+class Unregistered:
+    x: int
+
+
+class SubPlain(Plain):
+    pass
+
+
+@pytest.mark.parametrize(
+    ("value", "named"),
+    [
+        ({1, 2}, "set is not a supported type"),
+        (frozenset(), "frozenset"),
+        (object(), "object is not a supported type"),
+        (lambda: None, "function"),
+        (2**64, "int of 65 bits"),
+        (-(2**63) - 1, "int of 64 bits"),
+        (10**400, "int of 1329 bits"),
+        (bytearray(b"x"), "bytearray"),
+        (Color.RED, "Color"),
+        (Unregistered(1), "Unregistered"),
+        (SubPlain("x"), "SubPlain"),  # only the exact registered class
+        (datetime(2024, 1, 1), "naive datetime"),
+        (datetime(1, 1, 1, tzinfo=timezone(timedelta(hours=1))), "years 1-9999"),
+        ({(1, 2): "tuple key"}, "dict key of type tuple"),
+        ({True: "bool key"}, "dict key of type bool"),
+        ({2**64: "big key"}, "dict key of type int"),
+        (Box({1}), "set"),
+    ],
+    ids=lambda v: type(v).__name__,
+)
+def test_unencodable_values_name_their_type(value: Any, named: str) -> None:
+    with pytest.raises(CodecError, match=named):
+        CODEC.dumps(value)
+
+
+def test_unencodable_error_says_where() -> None:
+    value = {"a": [1, Plain("x", extra=(0, {"deep": {1, 2}}))]}
+    with pytest.raises(CodecError, match=r"value\['a'\]\[1\]\.extra\[1\]\['deep'\]: set"):
+        CODEC.dumps(value)
+    with pytest.raises(CodecError, match=r"cannot encode message\[0\]: set"):
+        CODEC.encode_envelope("k", [set()], accepted_at=1.0)
+    with pytest.raises(CodecError, match=r"value\.<test\.point encoded>\[0\]: set"):
+        CODEC.dumps(Point(set(), 1))  # type: ignore[arg-type]
+
+
+def test_encoder_that_raises_gives_codec_error() -> None:
+    codec = Codec()
+    codec.register(Point, encode=lambda p: 1 / 0, decode=lambda v: v)
+    with pytest.raises(CodecError, match=r"encoder registered for .*ZeroDivisionError") as caught:
+        codec.dumps([Point(1, 2)])
+    assert isinstance(caught.value.__cause__, ZeroDivisionError)
+
+
+def test_nesting_is_bounded_and_self_reference_is_refused() -> None:
+    deep: Any = []
+    for _ in range(MAX_DEPTH - 1):
+        deep = [deep]
+    assert CODEC.loads(CODEC.dumps(deep)) == deep
+    with pytest.raises(CodecError, match=f"deeper than {MAX_DEPTH}"):
+        CODEC.dumps([deep])
+    loop: list[Any] = []
+    loop.append(loop)
+    with pytest.raises(CodecError, match="contains itself"):
+        CODEC.dumps(loop)
+
+
+# -- size limit -------------------------------------------------------------------------------
+
+
+def test_size_limit_both_ways() -> None:
+    codec = make_codec(max_size=102)
+    assert codec.max_size == 102
+    assert codec.loads(codec.dumps("x" * 100)) == "x" * 100  # 2 bytes of header: 102
+    with pytest.raises(CodecError, match="103 bytes encoded, the limit is 102 bytes"):
+        codec.dumps("x" * 101)
+    with pytest.raises(CodecError, match="too large"):
+        codec.dumps([Plain("x" * 200)])  # refused as soon as the object is packed
+    with pytest.raises(CodecError, match="103 bytes encoded, the limit is 102"):
+        codec.loads(CODEC.dumps("x" * 101))
+    with pytest.raises(CodecError, match="envelope too large"):
+        codec.encode_envelope("k", "x" * 95, accepted_at=1.0)
+    with pytest.raises(CodecError, match="envelope too large"):
+        codec.decode_envelope(CODEC.encode_envelope("k", "x" * 95, accepted_at=1.0))
+    with pytest.raises(CodecError, match="limit is 102"):
+        codec.loads(bytearray(200))
+
+
+@pytest.mark.parametrize("max_size", [0, -1, 1.5, True, "1"])
+def test_bad_max_size(max_size: Any) -> None:
+    with pytest.raises(CodecError, match="max_size"):
+        Codec(max_size=max_size)
+
+
+# -- registration -----------------------------------------------------------------------------
+
+
+def test_duplicate_registrations_are_refused() -> None:
+    codec = Codec()
+    codec.register(Plain)
+    with pytest.raises(CodecError, match="already registered"):
+        codec.register(Plain, tag="another")
+    with pytest.raises(CodecError, match=r"tag '.*\.Plain' is already registered for .*Plain"):
+        codec.register(Frozen, tag=f"{Plain.__module__}.Plain")
+
+
+@pytest.mark.parametrize("tag", ["", "has space", "new\nline", "x" * 201, 5, b"bytes"])
+def test_bad_tags_are_refused(tag: Any) -> None:
+    with pytest.raises(CodecError, match="bad tag"):
+        Codec().register(Plain, tag=tag)
+
+
+@dataclass
+class NeedsInitVar:
+    x: int
+    seed: InitVar[int]
+
+
+@pytest.mark.parametrize(
+    ("cls", "kwargs", "match"),
+    [
+        (Point, {}, "not a dataclass"),
+        (Point, {"encode": lambda p: 1}, "both encode= and decode="),
+        (Point, {"decode": lambda v: v}, "both encode= and decode="),
+        (Point, {"encode": 1, "decode": 2}, "callables"),
+        (int, {}, "encoded natively"),
+        (tuple, {}, "encoded natively"),
+        (datetime, {"encode": str, "decode": str}, "encoded natively"),
+        (Plain("x"), {}, "takes a class"),
+        (NeedsInitVar, {}, "needs seed"),
+    ],
+)
+def test_bad_registrations_are_refused(cls: Any, kwargs: dict[str, Any], match: str) -> None:
+    with pytest.raises(CodecError, match=match):
+        Codec().register(cls, **kwargs)
+
+
+def test_unregistered_tag_cannot_be_decoded() -> None:
+    data = CODEC.dumps({"m": Plain("x")})
+    with pytest.raises(CodecError, match=r"unknown type tag '.*\.Plain'"):
+        Codec().loads(data)
+
+
+def test_codec_error_is_an_inorder_value_error() -> None:
+    assert issubclass(CodecError, InorderError)
+    assert issubclass(CodecError, ValueError)
+    assert "registered=7" in repr(CODEC)
