@@ -48,7 +48,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any, Final, TypeVar, final
 
-import msgpack  # type: ignore[import-untyped]
+import msgpack
 
 from actors._errors import CodecError
 
