@@ -346,11 +346,10 @@ class Runtime:
         `future.cancel()`, or cancelling a task that awaits it, withdraws the
         message if its handler has not started (`Dropped("withdrawn")`).
         """
+        future: LoopFuture[Any] = LoopFuture(self._loop)
         if get_ident() == self._loop_thread:
-            future: LoopFuture[Any] = LoopFuture(self._loop)
             self._accept(key, message, priority, interrupt, clear, future, ttl)
         else:
-            future = LoopFuture(self._loop)
             self._submit(key, message, priority, interrupt, clear, future, ttl, False)
         return future
 
