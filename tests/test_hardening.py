@@ -1119,3 +1119,93 @@ async def test_ctx_tell_after_the_drain_timed_out_ends_dropped_not_raised() -> N
     assert [(d.message, d.reason) for d in rt.dead_letters()] == [("follow-up", "shutdown")]
     assert (summary.accepted, summary.interrupted, summary.dropped, summary.failed) == (2, 1, 1, 0)
     assert ledger_ok(rt.stats())
+
+
+@pytest.mark.timeout(20)
+@pytest.mark.parametrize("blocking", [False, True], ids=["async", "blocking"])
+def test_threads_calling_in_while_it_stops_lose_nothing(blocking: bool) -> None:
+    """Threads keep telling and asking while another thread stops the runtime: every call
+    either raises RuntimeStopped (or MailboxFull) and counts nothing, or returned and its
+    message gets exactly one outcome; the stats add up and every returned ask is resolved."""
+    if blocking:
+
+        class Bot(UserActor):
+            blocking = True
+
+            def on_message(self, message: Any, ctx: Context) -> Any:
+                time.sleep(0.0005)
+                return message
+
+    else:
+
+        class Bot(UserActor):  # type: ignore[no-redef]
+            async def on_message(self, message: Any, ctx: Context) -> Any:
+                await asyncio.sleep(0.0005)
+                return message
+
+    returned: list[int] = []
+    asks: list[Any] = []
+    unexpected: list[BaseException] = []
+    started = threading.Barrier(5)
+
+    def producer(n: int) -> None:
+        started.wait()
+        i = 0
+        while True:
+            i += 1
+            try:
+                if i % 3:
+                    rt.tell(f"u{i % 7}", (n, i))
+                else:
+                    asks.append(rt.ask(f"u{i % 7}", (n, i)))
+            except RuntimeStopped:
+                return
+            except actors.MailboxFull:
+                continue
+            except BaseException as exc:  # the test reports it
+                unexpected.append(exc)
+                return
+            returned.append(1)
+
+    with Runtime(Bot, max_pending=50, max_workers=4) as rt:
+        threads = [threading.Thread(target=producer, args=(n,)) for n in range(4)]
+        for thread in threads:
+            thread.start()
+        started.wait()
+        time.sleep(0.05)  # let them pile up work
+        summary = rt.stop(timeout=0.2).get(timeout=5)
+        for thread in threads:
+            thread.join(5)
+        assert not any(thread.is_alive() for thread in threads)
+    assert unexpected == []
+    stats = rt.stats()
+    assert stats["state"] == "stopped"
+    assert stats["accepted"] == len(returned) == summary.accepted
+    assert ledger_ok(stats)
+    assert stats["pending"] == 0
+    assert all(future.done() for future in asks)
+
+
+@pytest.mark.timeout(10)
+async def test_a_plain_handler_blocking_the_loop_past_its_timeout_fails_on_return() -> None:
+    """A plain `def` handler that blocks the loop itself past `handler_timeout`: no timer
+    can fire meanwhile, so it is judged when it returns: HandlerTimeout, the instance is
+    restarted, and the key's next message is handled."""
+
+    class Bot(UserActor):
+        def on_message(self, message: Any, ctx: Context) -> Any:
+            if message == "block":
+                time.sleep(0.1)  # blocks the event loop
+            return message
+
+    restart = RestartPolicy(handler_timeout=0.02, backoff_min=0.0, backoff_max=0.0, jitter=0.0)
+    async with running(Bot, restart=restart) as rt:
+        blocked = rt.ask("k", "block")
+        after = rt.ask("k", "next")
+        with pytest.raises(HandlerTimeout):
+            await asyncio.wait_for(blocked, 2)
+        assert await asyncio.wait_for(after, 2) == "next"
+        await settle(rt)
+        stats = rt.stats()
+        assert (stats["failed"], stats["handled"], stats["restarts"]) == (1, 1, 1)
+        assert ledger_ok(stats)
