@@ -4,6 +4,10 @@ Users subclass `UserActor`, implement `on_message(message, ctx)` and hand the
 class to `supervisors.Runtime`. The errors below are what the runtime's calls
 and ask futures raise.
 
+A durable runtime stores what it accepted through a `Journal` (`SQLiteJournal`
+is the embedded one), as bytes written by a `Codec`. A dead letter restored from
+the journal after a restart carries a `RecordedError` in place of the exception.
+
 `COMPILED` tells whether the per-message path (mailbox, cell, router) runs
 as C extensions built by mypyc, or as the identical pure-Python code.
 """
@@ -22,11 +26,16 @@ from actors._errors import (
     Interrupted,
     InvalidKey,
     InvalidPriority,
+    JournalClosed,
+    JournalError,
     MailboxFull,
+    RecordedError,
     RuntimeStopped,
 )
 from actors._future import LoopFuture
+from actors._journal import DeadLetterRecord, Journal, PendingRecord
 from actors._outcomes import DeadLetter
+from actors._sqlite_journal import SQLiteJournal
 from actors._user_actor import Context, UserActor
 
 #: True when the per-message path was compiled by mypyc at install time (see setup.py).
@@ -40,6 +49,7 @@ __all__ = [
     "CodecError",
     "Context",
     "DeadLetter",
+    "DeadLetterRecord",
     "Dropped",
     "EnvelopeRecord",
     "FutureTimeout",
@@ -49,9 +59,15 @@ __all__ = [
     "Interrupted",
     "InvalidKey",
     "InvalidPriority",
+    "Journal",
+    "JournalClosed",
+    "JournalError",
     "LoopClock",
     "LoopFuture",
     "MailboxFull",
+    "PendingRecord",
+    "RecordedError",
     "RuntimeStopped",
+    "SQLiteJournal",
     "UserActor",
 ]

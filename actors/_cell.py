@@ -120,6 +120,18 @@ class Host(ABC):
     def notify(self) -> None: ...
 
     @abstractmethod
+    def journal_started(self, envelope: Envelope) -> None:
+        """A handler is about to start on a journaled message (`envelope.seq != 0`)."""
+
+    @abstractmethod
+    def journal_handled(self, envelope: Envelope) -> None:
+        """A journaled message was handled: acknowledge it."""
+
+    @abstractmethod
+    def save_snapshot(self, cell: Cell, actor: UserActor) -> None:
+        """An incarnation whose class has snapshot hooks ended: keep its state."""
+
+    @abstractmethod
     def loop_ending(self) -> bool:
         """Whether the loop is being torn down (every task cancelled); if so, settle all."""
 
@@ -374,6 +386,8 @@ class Cell(Mailbox):
         if self._flagged:  # a native flag: reading the context's costs more, per message
             self._flagged = False
             self.ctx.interrupted = False  # type: ignore[union-attr]
+        if envelope.seq:
+            host.journal_started(envelope)
         self.current = envelope
         started = self._started = host.now()
         timeout = host.handler_timeout
@@ -399,6 +413,8 @@ class Cell(Mailbox):
             cut = "timeout"
         if cut is None:
             host.outcomes.handled += 1
+            if envelope.seq:
+                host.journal_handled(envelope)
             if envelope.reply_to is not None:
                 envelope.reply_to.set(result)
             if host.trace:
@@ -593,6 +609,8 @@ class Cell(Mailbox):
             if flag is not None:
                 flag.set()
             self.host.live -= 1
+            if actor._snapshots:  # after on_stop, which may still change the state
+                self.host.save_snapshot(self, actor)
         self.actor = None
         self.ctx = None
         if self.state is STOPPING:

@@ -36,8 +36,12 @@ timestamp extension -1), plus two extension types of its own, each holding
 msgpack: 1, a tuple (its items as an array); 2, a registered object (the array
 [tag, value], where the value of a dataclass is the map of its fields). An
 envelope is the array [version, key, priority, attempt, accepted_at, msg_id,
-message], the message being the bytes `dumps` gives, so that a record whose
-message no longer decodes still tells its key and id.
+message, expires_at], the message being the bytes `dumps` gives, so that a
+record whose message no longer decodes still tells its key and id;
+`accepted_at` and `expires_at` are wall-clock seconds (`time.time()`) as
+floats, `expires_at` nil for a message sent without a ttl.
+
+The walking of values and the bounded decoding are in `_codec_format.py`.
 """
 
 from __future__ import annotations
@@ -45,11 +49,19 @@ from __future__ import annotations
 import dataclasses
 import inspect
 from dataclasses import dataclass
-from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any, Final, TypeVar, final
 
-import msgpack
-
+from actors._codec_format import (
+    BUILT_IN,
+    INT_MAX,
+    INT_MIN,
+    MAX_DEPTH,
+    CodecFormat,
+    Entry,
+    packb,
+    short,
+    type_name,
+)
 from actors._errors import CodecError
 
 if TYPE_CHECKING:
@@ -69,33 +81,12 @@ T = TypeVar("T")
 #: The default limit, in bytes, on one encoded value or envelope (1 MiB).
 DEFAULT_MAX_SIZE: Final = 1_048_576
 
-#: How deep containers and registered objects may nest in an encoded value.
-#: It bounds the recursion of encoding and decoding, so that no payload, however
-#: crafted, can exhaust the stack.
-MAX_DEPTH: Final = 64
-
 #: The format version written in every envelope; `decode_envelope` refuses others.
 ENVELOPE_VERSION: Final = 1
 
-# msgpack extension type codes written by this codec. The payload of each is
-# itself msgpack: the items of a tuple; [tag, value] of a registered object.
-_EXT_TUPLE: Final = 1
-_EXT_OBJECT: Final = 2
-
-_INT_MIN: Final = -(2**63)
-_INT_MAX: Final = 2**64 - 1
 _TAG_MAX_LEN: Final = 200
-_EPOCH: Final = datetime(1970, 1, 1, tzinfo=UTC)
-_UTC_MIN: Final = (datetime.min.replace(tzinfo=UTC) - _EPOCH).days * 86400  # whole seconds
-_UTC_MAX: Final = (datetime.max.replace(tzinfo=UTC) - _EPOCH).days * 86400 + 86399
-_BUILT_IN: Final = frozenset(
-    {type(None), bool, int, float, str, bytes, list, tuple, dict, datetime}
-)
-_SUPPORTED: Final = (
-    "None, bool, int, float, str, bytes, list, tuple, dict, aware datetime "
-    "and classes registered with Codec.register"
-)
-_ENVELOPE_FIELDS: Final = 7  # version, key, priority, attempt, accepted_at, msg_id, message
+# version, key, priority, attempt, accepted_at, msg_id, message, expires_at
+_ENVELOPE_FIELDS: Final = 8
 
 
 @final
@@ -116,36 +107,13 @@ class EnvelopeRecord:
     means something after a restart)."""
     msg_id: str | None
     """The message's id, if it has one."""
+    expires_at: float | None = None
+    """When it expires, in wall-clock seconds (`time.time()`), if it was sent with a
+    ttl; None if it never expires."""
 
 
 @final
-@dataclass(frozen=True, slots=True)
-class _Entry:
-    """One registered class: a dataclass by its fields, or a pair of functions."""
-
-    cls: type[Any]
-    tag: str
-    fields: tuple[str, ...] | None  # a dataclass: every field, stored by name
-    not_init: frozenset[str]  # of those, the fields that __init__ does not take
-    encode: Callable[[Any], Any] | None
-    decode: Callable[[Any], Any] | None
-
-
-class _UnencodableError(Exception):
-    """Internal: a part of a value cannot be encoded; collects its path on the way out."""
-
-    def __init__(self, problem: str, cause: BaseException | None = None) -> None:
-        super().__init__(problem)
-        self.problem = problem
-        self.cause = cause
-        self.path: list[str] = []  # innermost first
-
-    def error(self, root: str) -> CodecError:
-        return CodecError(f"cannot encode {root}{''.join(reversed(self.path))}: {self.problem}")
-
-
-@final
-class Codec:
+class Codec(CodecFormat):
     """Encodes values to msgpack bytes and back; the codec of the durable store.
 
     `max_size` bounds every payload, both ways: `dumps` and `encode_envelope`
@@ -159,14 +127,12 @@ class Codec:
     only read the registrations.
     """
 
-    __slots__ = ("_by_tag", "_by_type", "_max_size")
+    __slots__ = ()
 
     def __init__(self, max_size: int = DEFAULT_MAX_SIZE) -> None:
         if type(max_size) is not int or max_size < 1:
             raise CodecError(f"max_size must be an int >= 1, got {max_size!r}")
-        self._max_size = max_size
-        self._by_type: dict[type[Any], _Entry] = {}
-        self._by_tag: dict[str, _Entry] = {}
+        super().__init__(max_size)
 
     @property
     def max_size(self) -> int:
@@ -214,8 +180,8 @@ class Codec:
         """
         if not isinstance(cls, type):
             raise CodecError(f"register() takes a class, got {cls!r}")
-        name = _type_name(cls)
-        if cls in _BUILT_IN:
+        name = type_name(cls)
+        if cls in BUILT_IN:
             raise CodecError(f"{name} is encoded natively: it cannot be registered")
         if tag is None:
             tag = f"{cls.__module__}.{cls.__qualname__}"
@@ -236,9 +202,9 @@ class Codec:
             raise CodecError(f"{name} is already registered (tag {self._by_type[cls].tag!r})")
         if tag in self._by_tag:
             raise CodecError(
-                f"tag {tag!r} is already registered for {_type_name(self._by_tag[tag].cls)}"
+                f"tag {tag!r} is already registered for {type_name(self._by_tag[tag].cls)}"
             )
-        entry = _Entry(cls, tag, fields, not_init, encode, decode)
+        entry = Entry(cls, tag, fields, not_init, encode, decode)
         self._by_type[cls] = entry
         self._by_tag[tag] = entry
         return cls
@@ -268,19 +234,27 @@ class Codec:
         attempt: int = 0,
         accepted_at: float,
         msg_id: str | None = None,
+        expires_at: float | None = None,
     ) -> bytes:
         """Encode a journaled message with its envelope, in the current format version.
+
+        `accepted_at` and `expires_at` are wall-clock times (`time.time()`);
+        `expires_at` is when a message sent with a ttl expires, None for one sent
+        without. An int given for either is stored as a float.
 
         Raises `CodecError` before anything is written if the message cannot be
         encoded, if the record would exceed `max_size`, or if a field has the
         wrong type (`key` a non-empty str or an int, `priority` and `attempt`
-        ints >= 0, `accepted_at` a number, `msg_id` a str or None).
+        ints >= 0, `accepted_at` a number, `msg_id` a str or None, `expires_at`
+        a number or None).
         """
-        if type(accepted_at) is int:
-            accepted_at = float(accepted_at)
-        _check_envelope_fields(key, priority, attempt, accepted_at, msg_id)
+        accepted_at = _int_to_float(accepted_at, "accepted_at")
+        expires_at = _int_to_float(expires_at, "expires_at")
+        _check_envelope_fields(key, priority, attempt, accepted_at, msg_id, expires_at)
         body = self._encode(message, "message")
-        record = _packb([ENVELOPE_VERSION, key, priority, attempt, accepted_at, msg_id, body])
+        record = packb(
+            [ENVELOPE_VERSION, key, priority, attempt, accepted_at, msg_id, body, expires_at]
+        )
         self._check_size(len(record), "envelope")
         return record
 
@@ -304,275 +278,51 @@ class Codec:
                 f"malformed envelope: {len(record)} fields, version "
                 f"{ENVELOPE_VERSION} has {_ENVELOPE_FIELDS}"
             )
-        _, key, priority, attempt, accepted_at, msg_id, body = record
-        _check_envelope_fields(key, priority, attempt, accepted_at, msg_id)
+        _, key, priority, attempt, accepted_at, msg_id, body, expires_at = record
+        _check_envelope_fields(key, priority, attempt, accepted_at, msg_id, expires_at)
         if type(body) is not bytes:
             raise CodecError(f"malformed envelope: the message is {type(body).__name__}")
         try:
             message = self._unpack(body, 0)
         except CodecError as exc:
             raise CodecError(
-                f"cannot decode the message of the envelope for key {_short(key)} "
-                f"(msg_id {_short(msg_id)}): {exc}"
+                f"cannot decode the message of the envelope for key {short(key)} "
+                f"(msg_id {short(msg_id)}): {exc}"
             ) from exc
-        return EnvelopeRecord(key, message, priority, attempt, accepted_at, msg_id)
-
-    # -- encoding ------------------------------------------------------------------
-
-    def _encode(self, value: Any, root: str) -> bytes:
-        try:
-            tree = self._tree(value, 0)
-        except _UnencodableError as exc:
-            raise exc.error(root) from exc.cause
-        data = _packb(tree)
-        self._check_size(len(data), root)
-        return data
-
-    def _tree(self, value: Any, depth: int) -> Any:
-        """`value` as msgpack's packer takes it: tuples and objects become extensions."""
-        t = type(value)
-        if t is str or t is float or t is bool or t is bytes or value is None:
-            return value
-        if t is int:
-            if _INT_MIN <= value <= _INT_MAX:
-                return value
-            raise _UnencodableError(
-                f"int of {value.bit_length()} bits is outside the range msgpack stores "
-                "(-2**63 to 2**64 - 1): store it as a str, or register a wrapper class"
-            )
-        if depth >= MAX_DEPTH:
-            raise _UnencodableError(
-                f"{_type_name(t)} nested deeper than {MAX_DEPTH} levels "
-                "(or a container that contains itself)"
-            )
-        depth += 1
-        if t is list or t is tuple:
-            items = []
-            for i, item in enumerate(value):
-                try:
-                    items.append(self._tree(item, depth))
-                except _UnencodableError as exc:
-                    exc.path.append(f"[{i}]")
-                    raise
-            return items if t is list else self._ext(_EXT_TUPLE, items)
-        if t is dict:
-            out = {}
-            for k, item in value.items():
-                kt = type(k)
-                if kt is not str and (kt is not int or not _INT_MIN <= k <= _INT_MAX):
-                    raise _UnencodableError(
-                        f"dict key of type {_type_name(kt)}: keys must be str or int (64-bit)"
-                    )
-                try:
-                    out[k] = self._tree(item, depth)
-                except _UnencodableError as exc:
-                    exc.path.append(f"[{_short(k)}]")
-                    raise
-            return out
-        if t is datetime:
-            if value.tzinfo is None or value.utcoffset() is None:
-                raise _UnencodableError(
-                    "naive datetime (no tzinfo): give it a timezone, "
-                    "e.g. datetime.now(timezone.utc)"
-                )
-            delta = value - _EPOCH
-            seconds = delta.days * 86400 + delta.seconds
-            if not _UTC_MIN <= seconds <= _UTC_MAX:
-                # It would come back in UTC, where this instant has no datetime.
-                raise _UnencodableError(f"datetime {value} is outside the years 1-9999 in UTC")
-            return msgpack.Timestamp(seconds, delta.microseconds * 1000)
-        entry = self._by_type.get(t)
-        if entry is None:
-            raise _UnencodableError(
-                f"{_type_name(t)} is not a supported type (supported: {_SUPPORTED})"
-            )
-        return self._ext(_EXT_OBJECT, [entry.tag, self._object_body(entry, value, depth)])
-
-    def _object_body(self, entry: _Entry, obj: Any, depth: int) -> Any:
-        if entry.fields is not None:
-            body = {}
-            for name in entry.fields:
-                try:
-                    body[name] = self._tree(getattr(obj, name), depth)
-                except _UnencodableError as exc:
-                    exc.path.append(f".{name}")
-                    raise
-                except AttributeError as exc:
-                    raise _UnencodableError(
-                        f"{entry.tag!r} object has no field {name!r}", exc
-                    ) from exc
-            return body
-        assert entry.encode is not None
-        try:
-            encoded = entry.encode(obj)
-        except Exception as exc:
-            raise _UnencodableError(
-                f"the encoder registered for {entry.tag!r} raised {exc!r}", exc
-            ) from exc
-        try:
-            return self._tree(encoded, depth)
-        except _UnencodableError as exc:
-            exc.path.append(f".<{entry.tag} encoded>")
-            raise
-
-    def _ext(self, code: int, items: Any) -> Any:
-        payload = _packb(items)
-        self._check_size(len(payload), "value")  # early: no use packing further
-        return msgpack.ExtType(code, payload)
-
-    def _check_size(self, size: int, what: str) -> None:
-        if size > self._max_size:
-            raise CodecError(
-                f"{what} too large: {size} bytes encoded, the limit is {self._max_size} bytes"
-            )
-
-    # -- decoding ------------------------------------------------------------------
-
-    def _as_bytes(self, data: object, what: str) -> bytes:
-        """`data` as bytes, refused before it is copied or read if it exceeds `max_size`."""
-        if isinstance(data, bytes):
-            self._check_size(len(data), what)
-            return data
-        if isinstance(data, bytearray | memoryview):
-            view = memoryview(data)
-            self._check_size(view.nbytes, what)
-            return view.tobytes()
-        raise CodecError(f"cannot decode a {type(data).__name__}: expected bytes")
-
-    def _unpack(self, data: bytes, depth: int, *, envelope: bool = False) -> Any:
-        """Unpack one whole value; `depth` counts the extensions it sits in."""
-
-        def ext_hook(code: int, payload: bytes) -> Any:
-            if envelope:
-                raise CodecError("not an inorder envelope: an extension in the record")
-            return self._from_ext(code, payload, depth + 1)
-
-        size = len(data)
-        try:
-            if depth == 0:
-                # The top level: msgpack's fastest path. Its parser state lives on the
-                # C stack (tens of kB), which is fine once but not per nesting level.
-                return msgpack.unpackb(
-                    data,
-                    raw=False,
-                    strict_map_key=False,
-                    timestamp=3,
-                    use_list=True,
-                    object_pairs_hook=_dict_from_pairs,
-                    ext_hook=ext_hook,
-                    max_str_len=size,
-                    max_bin_len=size,
-                    max_array_len=size,
-                    max_map_len=size // 2,
-                    max_ext_len=size,
-                )
-            # Inside an extension: an Unpacker keeps its parser state on the heap.
-            unpacker = msgpack.Unpacker(
-                raw=False,
-                strict_map_key=False,
-                timestamp=3,
-                use_list=True,
-                object_pairs_hook=_dict_from_pairs,
-                ext_hook=ext_hook,
-                max_buffer_size=max(size, 1),
-            )
-            unpacker.feed(data)
-            value = unpacker.unpack()
-            if unpacker.tell() != size:
-                raise CodecError("malformed payload: trailing data inside an extension")
-            return value
-        except CodecError:
-            raise
-        except Exception as exc:
-            where = f"({size} bytes)" if depth == 0 else "(inside an extension)"
-            raise CodecError(f"malformed payload {where}: {_describe(exc)}") from exc
-
-    def _from_ext(self, code: int, payload: bytes, depth: int) -> Any:
-        if code != _EXT_TUPLE and code != _EXT_OBJECT:
-            raise CodecError(f"unknown msgpack extension type {code}: not written by this codec")
-        if depth > MAX_DEPTH:
-            raise CodecError(f"malformed payload: nested deeper than {MAX_DEPTH} levels")
-        inner = self._unpack(payload, depth)
-        if code == _EXT_TUPLE:
-            if type(inner) is not list:
-                raise CodecError("malformed payload: a tuple extension that holds no array")
-            return tuple(inner)
-        if type(inner) is not list or len(inner) != 2 or type(inner[0]) is not str:
-            raise CodecError("malformed payload: an object extension that holds no [tag, value]")
-        tag, value = inner
-        entry = self._by_tag.get(tag)
-        if entry is None:
-            raise CodecError(
-                f"unknown type tag {_short(tag)}: register its class with this tag "
-                "on the codec that decodes"
-            )
-        if entry.fields is None:
-            assert entry.decode is not None
-            try:
-                return entry.decode(value)
-            except Exception as exc:
-                raise CodecError(f"the decoder registered for {tag!r} raised {exc!r}") from exc
-        if type(value) is not dict or any(type(k) is not str for k in value):
-            raise CodecError(f"malformed payload: the fields of {tag!r} are not a str-keyed map")
-        not_init = entry.not_init
-        try:
-            obj = entry.cls(**{k: v for k, v in value.items() if k not in not_init})
-            for name in not_init:
-                if name in value:
-                    object.__setattr__(obj, name, value[name])
-        except Exception as exc:
-            raise CodecError(
-                f"cannot rebuild {tag!r} from the fields {sorted(value)}: {exc!r}"
-            ) from exc
-        return obj
+        return EnvelopeRecord(key, message, priority, attempt, accepted_at, msg_id, expires_at)
 
 
 # -- helpers ---------------------------------------------------------------------------
 
 
-def _packb(tree: Any) -> bytes:
-    try:
-        data: bytes = msgpack.packb(tree, use_bin_type=True)
-    except Exception as exc:  # not expected: _tree hands over only what msgpack packs
-        raise CodecError(f"msgpack refused the value: {exc!r}") from exc
-    return data
-
-
-def _dict_from_pairs(pairs: list[tuple[Any, Any]]) -> dict[Any, Any]:
-    for k, _ in pairs:
-        if type(k) is not str and type(k) is not int:
-            raise CodecError(f"malformed payload: a map key of type {type(k).__name__}")
-    return dict(pairs)
-
-
-def _describe(exc: Exception) -> str:
-    if isinstance(exc, msgpack.ExtraData):
-        return "trailing data after the value"
-    if isinstance(exc, msgpack.OutOfData) or str(exc).endswith("incomplete input"):
-        return "truncated (incomplete input)"
-    if isinstance(exc, msgpack.FormatError):
-        return "not msgpack (an invalid type byte)"
-    if isinstance(exc, msgpack.StackError):
-        return "nested too deeply"
-    return f"{type(exc).__name__}: {exc}"
-
-
 def _check_envelope_fields(
-    key: Any, priority: Any, attempt: Any, accepted_at: Any, msg_id: Any
+    key: Any, priority: Any, attempt: Any, accepted_at: Any, msg_id: Any, expires_at: Any
 ) -> None:
     problem = None
-    if not ((type(key) is str and key) or (type(key) is int and _INT_MIN <= key <= _INT_MAX)):
+    if not ((type(key) is str and key) or (type(key) is int and INT_MIN <= key <= INT_MAX)):
         problem = f"key must be a non-empty str or an int, got {type(key).__name__}"
-    elif type(priority) is not int or not 0 <= priority <= _INT_MAX:
-        problem = f"priority must be an int >= 0, got {_short(priority)}"
-    elif type(attempt) is not int or not 0 <= attempt <= _INT_MAX:
-        problem = f"attempt must be an int >= 0, got {_short(attempt)}"
+    elif type(priority) is not int or not 0 <= priority <= INT_MAX:
+        problem = f"priority must be an int >= 0, got {short(priority)}"
+    elif type(attempt) is not int or not 0 <= attempt <= INT_MAX:
+        problem = f"attempt must be an int >= 0, got {short(attempt)}"
     elif type(accepted_at) is not float:
         problem = f"accepted_at must be a float, got {type(accepted_at).__name__}"
     elif msg_id is not None and type(msg_id) is not str:
         problem = f"msg_id must be a str or None, got {type(msg_id).__name__}"
+    elif expires_at is not None and type(expires_at) is not float:
+        problem = f"expires_at must be a float or None, got {type(expires_at).__name__}"
     if problem is not None:
         raise CodecError(f"bad envelope: {problem}")
+
+
+def _int_to_float(value: Any, name: str) -> Any:
+    """An int time as a float, as the envelope stores it; anything else as it is."""
+    if type(value) is not int:
+        return value
+    try:
+        return float(value)
+    except OverflowError:  # a CodecError like every bad field, not an OverflowError
+        raise CodecError(f"bad envelope: {name} is an int too large for a float") from None
 
 
 def _dataclass_layout(cls: type[Any], name: str) -> tuple[tuple[str, ...], frozenset[str]]:
@@ -606,16 +356,3 @@ def _valid_tag(tag: Any) -> bool:
         and tag.isprintable()
         and not any(c.isspace() for c in tag)
     )
-
-
-def _type_name(t: type[Any]) -> str:
-    if t.__module__ == "builtins":
-        return t.__qualname__
-    return f"{t.__module__}.{t.__qualname__}"
-
-
-def _short(value: Any, limit: int = 60) -> str:
-    if type(value) is int and value.bit_length() > 64:
-        return f"<int of {value.bit_length()} bits>"
-    text = repr(value)
-    return text if len(text) <= limit else text[: limit - 3] + "..."

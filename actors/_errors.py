@@ -26,7 +26,10 @@ __all__ = [
     "Interrupted",
     "InvalidKey",
     "InvalidPriority",
+    "JournalClosed",
+    "JournalError",
     "MailboxFull",
+    "RecordedError",
     "RuntimeStopped",
 ]
 
@@ -157,3 +160,60 @@ class HandlerTimeout(InorderError, TimeoutError):
         super().__init__(f"handler for {key!r} ran longer than {timeout} s")
         self.key = key
         self.timeout = timeout
+
+
+class JournalError(InorderError):
+    """A journal cannot be opened or written.
+
+    At open: the file is not a journal this version of inorder reads (not SQLite,
+    corrupted, truncated, another SQLite database, another schema version). The
+    message names the file and the recovery path: move the file (with its `-wal`
+    and `-shm` companions) aside and start with a new journal, losing the messages
+    it held that were not handled yet, the actor snapshots and the dead letters; or
+    salvage them from the copy (`sqlite3 copy.db .recover`) first.
+
+    While running: a transaction failed (disk full, an I/O error); the futures of
+    its operations fail with this error, and so does every later call.
+    """
+
+
+class JournalClosed(JournalError, RuntimeError):
+    """Raised by every call on a journal after `close()`."""
+
+
+class RecordedError(InorderError):
+    """An error recorded before a restart, standing in for the exception object.
+
+    A dead letter restored from the journal after a restart cannot carry the
+    exception that made it (nothing is ever pickled, and the class may not even
+    exist any more), so it carries this instead: `type_name`, the qualified name
+    of the exception's class, and `text`, what `str()` gave for it. `str()` of a
+    `RecordedError` is `"type_name: text"`, or `type_name` alone when `text` is
+    empty. It is never raised by the library, only handed over in its place.
+    """
+
+    def __init__(self, type_name: str, text: str) -> None:
+        # Both go to `args`, so that copying or pickling one rebuilds it as it was.
+        super().__init__(type_name, text)
+        self.type_name = type_name
+        self.text = text
+
+    def __str__(self) -> str:
+        return f"{self.type_name}: {self.text}" if self.text else self.type_name
+
+    @classmethod
+    def of(cls, error: BaseException) -> RecordedError:
+        """Record `error`: its class's qualified name and its `str()`.
+
+        A `RecordedError` is recorded as the error it stands for (its own
+        `type_name` and `text`), so an error restored twice keeps its original
+        name. When `str(error)` itself raises, the text says so instead.
+        """
+        if isinstance(error, RecordedError):
+            return cls(error.type_name, error.text)
+        type_name = type(error).__qualname__
+        try:
+            text = str(error)
+        except Exception:  # a broken __str__ must not fail the path that records it
+            text = f"<unprintable {type_name}>"
+        return cls(type_name, text)

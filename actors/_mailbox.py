@@ -38,7 +38,8 @@ class Envelope:
     """A message plus what the runtime needs to deliver it.
 
     pykka's envelope fields (`message`, `reply_to`) with the priority, the
-    acceptance time (for wait latency) and the attempt number (for retries).
+    acceptance time (for wait latency), the attempt number (for retries) and,
+    with a durable store, the journal's sequence number.
     Not a subclass of pykka's `Envelope`, which is generic: a compiled class
     cannot extend it (see `setup.py`), and nothing in pykka checks the type.
 
@@ -51,7 +52,16 @@ class Envelope:
     inside a message) lives until then, as in pure Python.
     """
 
-    __slots__ = ("accepted_at", "attempt", "expiry", "message", "priority", "reply_to")
+    __slots__ = (
+        "accepted_at",
+        "attempt",
+        "expiry",
+        "message",
+        "priority",
+        "redelivered",
+        "reply_to",
+        "seq",
+    )
 
     def __init__(
         self,
@@ -66,6 +76,10 @@ class Envelope:
         self.accepted_at = accepted_at
         self.attempt = 1
         self.expiry: Any = None  # the timer of a `ttl`, cancelled when the message starts
+        # With a durable store: its journal sequence number (-1 until its loop pass's
+        # records are appended; 0 for a message that is not journaled).
+        self.seq = 0
+        self.redelivered = False  # replayed from the journal after a restart
 
     def __repr__(self) -> str:
         return f"Envelope({self.message!r}, priority={self.priority}, attempt={self.attempt})"

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from collections import deque
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, final
+from typing import TYPE_CHECKING, Any, Protocol, final
 
 from actors._errors import Dropped, HandlerCrashed, Interrupted
 from actors._latency import Latencies
@@ -25,7 +25,7 @@ if TYPE_CHECKING:
 
     from actors._mailbox import Envelope
 
-__all__ = ["DeadLetter", "Outcomes"]
+__all__ = ["DeadLetter", "JournalHook", "Outcomes"]
 
 # Drops the application asked for: a /clear, a shutdown, a ttl, a withdrawn ask.
 _REQUESTED = frozenset({"cleared", "shutdown", "expired", "withdrawn"})
@@ -51,6 +51,32 @@ class DeadLetter:
     cause: BaseException | None = None
     """For a failed message, the handler's exception; for a drop that a failure caused
     (the key stopped, its restarts gave up), that failure; else None."""
+    journal_id: int | None = None
+    """With a durable store, the id of the journaled record (it survives a restart);
+    else None. A letter restored after a restart carries `RecordedError`s."""
+
+
+class JournalHook(Protocol):
+    """What outcomes tell the durable store (`supervisors._durable.Durable`)."""
+
+    def ack(self, envelope: Envelope) -> None:
+        """The journaled message got its outcome and is not kept."""
+
+    def dead_letter(
+        self,
+        key: str | int,
+        envelope: Envelope,
+        reason: str,
+        error: BaseException | None,
+        cause: BaseException | None,
+    ) -> int | None:
+        """Journal a dead letter (acknowledging the message in the same commit); its id.
+
+        None if nothing was journaled: a "shutdown" drop stays pending instead.
+        """
+
+    def forget_dead_letters(self, ids: list[int]) -> None:
+        """Remove journaled dead letters (evicted from the retained ones)."""
 
 
 class Outcomes:
@@ -65,6 +91,7 @@ class Outcomes:
         "failed",
         "handled",
         "interrupted",
+        "journal",
         "latency",
         "log",
     )
@@ -88,6 +115,8 @@ class Outcomes:
         self.latency = Latencies()
         self._dead: deque[DeadLetter] = deque(maxlen=dead_letter_limit)
         self._on_dead_letter = on_dead_letter
+        # With a durable store: told about every journaled message's outcome.
+        self.journal: JournalHook | None = None
 
     def total(self) -> int:
         """How many messages have an outcome."""
@@ -96,6 +125,8 @@ class Outcomes:
     def on_handled(self, envelope: Envelope, result: Any) -> None:
         """The handler returned `result`."""
         self.handled += 1
+        if envelope.seq and self.journal is not None:
+            self.journal.ack(envelope)
         reply_to = envelope.reply_to
         if reply_to is not None:
             reply_to.set(result)
@@ -118,15 +149,27 @@ class Outcomes:
                 attempts=envelope.attempt,
                 exc_info=error,
             )
+        journal_id = self._journaled(key, envelope, "failed", error, None)
         self._dead_letter(
             DeadLetter(
-                key, envelope.message, "failed", error, envelope.priority, envelope.attempt, error
+                key,
+                envelope.message,
+                "failed",
+                error,
+                envelope.priority,
+                envelope.attempt,
+                error,
+                journal_id,
             )
         )
 
     def on_interrupted(self, key: str | int, envelope: Envelope, reason: str) -> None:
         """The handler in flight was cancelled (by an interrupt or a shutdown)."""
         self.interrupted += 1
+        # A message cut short by the runtime's own stop stays in the journal: the next
+        # start handles it again (at-least-once). Any other interrupt is its outcome.
+        if envelope.seq and reason != "shutdown" and self.journal is not None:
+            self.journal.ack(envelope)
         reply_to = envelope.reply_to
         if reply_to is not None:
             reply_to.set_exception(_exc_info(Interrupted(key, reason)))
@@ -147,13 +190,28 @@ class Outcomes:
             envelope.expiry.cancel()
             envelope.expiry = None
         error = Dropped(key, reason, cause)
+        journal_id = self._journaled(key, envelope, reason, error, cause)
         reply_to = envelope.reply_to
         if reply_to is not None:
             reply_to.set_exception(_exc_info(error))
         self._dead_letter(
-            DeadLetter(key, envelope.message, reason, error, envelope.priority, attempts, cause),
+            DeadLetter(
+                key, envelope.message, reason, error, envelope.priority, attempts, cause, journal_id
+            ),
             log,
         )
+
+    def _journaled(
+        self,
+        key: str | int,
+        envelope: Envelope,
+        reason: str,
+        error: BaseException | None,
+        cause: BaseException | None,
+    ) -> int | None:
+        if not envelope.seq or self.journal is None:
+            return None
+        return self.journal.dead_letter(key, envelope, reason, error, cause)
 
     def drop_all(
         self,
@@ -171,7 +229,7 @@ class Outcomes:
 
     def _dead_letter(self, letter: DeadLetter, log: bool = True) -> None:
         self.dead_letter_count += 1
-        self._dead.append(letter)
+        self.retain(letter)
         # Drops the application asked for (a /clear, a shutdown, a ttl) are expected: one
         # line each at DEBUG (the shutdown logs its total once). The rest is news: WARNING.
         requested = letter.reason in _REQUESTED
@@ -191,12 +249,27 @@ class Outcomes:
                     "dead_letter_callback_failed", key=letter.key, error=repr(exc), exc_info=exc
                 )
 
+    def retain(self, letter: DeadLetter) -> None:
+        """Keep `letter` among the retained ones; the oldest goes past the limit (and its
+        journaled record with it: the journal keeps what `dead_letters()` lists)."""
+        dead = self._dead
+        if len(dead) == dead.maxlen and self.journal is not None:
+            evicted = dead[0].journal_id
+            if evicted is not None:
+                self.journal.forget_dead_letters([evicted])
+        dead.append(letter)
+
     def dead_letters(self) -> list[DeadLetter]:
         """The retained dead letters, oldest first."""
         return list(self._dead)
 
     def forget(self, letter: DeadLetter) -> bool:
-        """Remove one retained dead letter (after it was redelivered)."""
+        """Remove one retained dead letter (after it was redelivered).
+
+        Its journaled record is not removed here: the caller does it once the
+        redelivered message is journaled, so that a crash in between leaves a
+        duplicate, never nothing.
+        """
         try:
             self._dead.remove(letter)
         except ValueError:

@@ -14,6 +14,10 @@ What happens when, for one incarnation:
    mailbox order. Its return value is the ask result.
 4. When the incarnation ends (idle, restart, stop, shutdown),
    `on_stop(reason)` runs once. See `supervisors` for the reasons.
+5. If the class defines `snapshot()`, it is called right after `on_stop`,
+   and the next incarnation of the key gets the state through `restore(state)`
+   between `__init__` and `on_start` (kept in memory, or in the runtime's
+   durable store, where it also survives a process restart).
 """
 
 from __future__ import annotations
@@ -88,6 +92,7 @@ class UserActor(_ActorBase):
     _handler_mode: ClassVar[int] = HANDLER_SYNC
     _async_start: ClassVar[bool] = False
     _async_stop: ClassVar[bool] = False
+    _snapshots: ClassVar[bool] = False
 
     key: str | int
     """The user key this actor serves (`"telegram:42"`)."""
@@ -103,6 +108,7 @@ class UserActor(_ActorBase):
             cls._handler_mode = HANDLER_SYNC
         cls._async_start = inspect.iscoroutinefunction(cls.on_start)
         cls._async_stop = inspect.iscoroutinefunction(cls.on_stop)
+        cls._snapshots = cls.snapshot is not UserActor.snapshot
 
     def __init__(self, key: str | int) -> None:
         # pykka.Actor.__init__ is deliberately not called: it creates a UUID, a
@@ -136,6 +142,32 @@ class UserActor(_ActorBase):
         `reason` is `"idle"`, `"restart"`, `"stopped"`, `"gave_up"` or
         `"shutdown"`. An exception here is logged and reported to the policy,
         and never prevents the incarnation from ending.
+        """
+
+    def snapshot(self) -> Any:
+        """Return the state to keep when this incarnation ends, or None to keep none.
+
+        Override it (with `restore`) to make a conversation's state outlive its
+        incarnation. It is called once, right after `on_stop(reason)`, whenever an
+        incarnation ends: idle (or evicted by `max_active`), restart after a
+        failure, stop, shutdown. The state is kept per key: in memory, or, with a
+        durable store, encoded by the runtime's codec and saved in the journal, so
+        it also survives a process restart. Returning None forgets the kept state
+        (the next incarnation starts clean). If it raises, or the state cannot be
+        encoded, the error is logged (`snapshot_failed`) and the state kept
+        before stays. Never called if the class does not override it, and not
+        called for an incarnation whose handler never returned (a process killed,
+        a handler abandoned by the shutdown): the last state kept stands.
+        """
+        return None
+
+    def restore(self, state: Any) -> None:
+        """Take back the state the key's last incarnation returned from `snapshot()`.
+
+        Called on a new incarnation after `__init__` and before `on_start`, only
+        when a state is kept for the key. An exception here is a failure of the
+        key (phase "restore"), handled by the supervisor's policy like one of
+        `on_start`.
         """
 
     # -- the pykka runtime seam ------------------------------------------------
@@ -209,9 +241,24 @@ class Context:
 
     @property
     def attempt(self) -> int:
-        """1 on the first run of this message, 2 on its first retry, ..."""
+        """1 on the first run of this message, 2 on its first retry, ...
+
+        With a durable store, the runs recorded before a restart count too: a
+        replayed message whose handler had started once before is at attempt 2.
+        """
         current = self._cell.current
         return current.attempt if current is not None else 1
+
+    @property
+    def redelivered(self) -> bool:
+        """True if the message was replayed from the durable store after a restart.
+
+        Its handler may then have run before, partly or fully, in the process that
+        stopped (at-least-once delivery): check an idempotency key before repeating
+        an effect. False for every message accepted by this process.
+        """
+        current = self._cell.current
+        return current.redelivered if current is not None else False
 
     @property
     def log(self) -> Any:

@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any
 from actors._cell import PARKED, SUSPENDED, Host
 from actors._errors import InvalidKey, InvalidPriority, MailboxFull, RuntimeStopped
 from actors._mailbox import Envelope
+from supervisors._snapshots import save
 from supervisors._supervisor import Activate, ChildFailed
 
 if TYPE_CHECKING:
@@ -27,7 +28,10 @@ if TYPE_CHECKING:
     from actors._outcomes import Outcomes
     from actors._registry import RegistryActor
     from actors._user_actor import UserActor
+    from supervisors._durable import Durable
+    from supervisors._ingress import Submission
     from supervisors._policy import Directive, RestartPolicy
+    from supervisors._snapshots import JournalSnapshots, MemorySnapshots
     from supervisors._supervisor import SupervisorActor
 
 __all__ = [
@@ -159,6 +163,9 @@ class _Core(Host):
         self.refusal = "the runtime is stopping or stopped: it accepts no more messages"
         self.overruns = 0
         self.ending: Callable[[], bool] = lambda: False  # set by the runtime
+        # With a durable store (set by the runtime): journals what is accepted.
+        self.durable: Durable | None = None
+        self.snapshots: MemorySnapshots | JournalSnapshots | None = None
 
     def _context_tell(self, key: Any, message: Any, **options: Any) -> None:
         self.handler_tell(
@@ -199,9 +206,12 @@ class _Core(Host):
             raise MailboxFull(key, self.max_pending)
         if self.max_total_pending is not None:
             self._check_total(key)
+        durable = self.durable
+        # Encoded before anything is accepted: an unencodable message is refused here.
+        record = None if durable is None else durable.encode(key, message, priority, ttl)
         if cell is None:
             cell = self.registry.open(key)
-        self.enqueue(cell, message, priority, interrupt, clear, reply_to, ttl)
+        self.enqueue(cell, message, priority, interrupt, clear, reply_to, ttl, record)
 
     def enqueue(
         self,
@@ -212,10 +222,16 @@ class _Core(Host):
         clear: bool,
         reply_to: Any,
         ttl: float | None,
+        record: bytes | None = None,
     ) -> None:
-        """Accept a validated message whose room is known to be there (it may be reserved)."""
+        """Accept a validated message whose room is known to be there (it may be reserved).
+
+        `record` is its journal record, with a durable store.
+        """
         envelope = Envelope(message, reply_to, priority, self.now())
         self.accepted += 1
+        if record is not None:
+            self.durable.record(envelope, cell.key, record)  # type: ignore[union-attr]
         if reply_to is not None:
             reply_to._cell = cell  # so that the asker can withdraw it (LoopFuture.cancel)
         if cell.state is PARKED:
@@ -235,11 +251,12 @@ class _Core(Host):
             )
         cell.deliver(envelope)
 
-    def accept_submission(self, item: Any) -> None:
+    def accept_submission(self, item: Submission) -> None:
         """Accept what another thread handed over (`Ingress`); its room was reserved.
 
         While the runtime drains for a stop, it is still accepted: its call site
-        returned before the stop. Later it ends `Dropped("shutdown")`.
+        returned before the stop. Later it ends `Dropped("shutdown")` (and with a
+        durable store, stays journaled for the next start).
         """
         phase = self.phase
         if phase <= DRAINING:  # RUNNING or DRAINING
@@ -254,9 +271,12 @@ class _Core(Host):
                 item.clear,
                 item.reply_to,
                 item.ttl,
+                item.record,
             )
         else:
-            self.drop_late(item.key, item.message, item.priority, item.reply_to)
+            self.drop_late(item.key, item.message, item.priority, item.reply_to, item.record)
+        if item.receipt is not None:
+            self.durable.chain(item.receipt)  # type: ignore[union-attr]
 
     def handler_tell(
         self, key: Any, message: Any, priority: Any, interrupt: Any, clear: Any, ttl: Any
@@ -277,13 +297,22 @@ class _Core(Host):
                 self.accepting = False
         elif phase == CLOSING:
             check_call(key, priority, interrupt, clear, ttl)
-            self.drop_late(key, message, priority, None)
+            durable = self.durable
+            record = None if durable is None else durable.encode(key, message, priority, ttl)
+            self.drop_late(key, message, priority, None, record)
         else:
             raise RuntimeStopped(self.refusal)
 
-    def drop_late(self, key: Any, message: Any, priority: int, reply_to: Any) -> None:
-        """Count a message accepted too late for the shutdown, and drop it ("shutdown")."""
+    def drop_late(
+        self, key: Any, message: Any, priority: int, reply_to: Any, record: bytes | None = None
+    ) -> None:
+        """Count a message accepted too late for the shutdown, and drop it ("shutdown").
+
+        With a durable store it is journaled all the same (`record`), for the next start.
+        """
         self.accepted += 1
+        if record is not None and self.durable is not None:
+            self.durable.keep(key, record)
         self.outcomes.on_dropped(key, Envelope(message, reply_to, priority, self.now()), "shutdown")
 
     def _check_total(self, key: str | int) -> None:
@@ -347,6 +376,16 @@ class _Core(Host):
 
     def cell_stopped(self, cell: Cell, reason: str) -> None:
         self.supervisor.cell_stopped(cell, reason)
+
+    def journal_started(self, envelope: Envelope) -> None:
+        self.durable.started(envelope)  # type: ignore[union-attr]
+
+    def journal_handled(self, envelope: Envelope) -> None:
+        self.durable.ack(envelope)  # type: ignore[union-attr]
+
+    def save_snapshot(self, cell: Cell, actor: UserActor) -> None:
+        if self.snapshots is not None:
+            save(self.snapshots, cell.key, actor, self.log)
 
     # -- quiescence -------------------------------------------------------------------
 

@@ -32,6 +32,7 @@ from actors._errors import MailboxFull, RuntimeStopped
 if TYPE_CHECKING:
     import asyncio
     from collections.abc import Callable
+    from concurrent.futures import Future
 
     from supervisors._core import _Core
 
@@ -52,6 +53,8 @@ class Submission(NamedTuple):
     reply_to: Any
     ttl: float | None
     internal: bool  # a handler's `ctx.tell`: accepted while the runtime drains for a stop
+    record: bytes | None  # its journal record (encoded at the call site), with a durable store
+    receipt: Future[None] | None  # an awaitable `send`'s: resolved once it is durable
 
 
 class Ingress:
@@ -103,6 +106,8 @@ class Ingress:
         reply_to: Any,
         ttl: float | None,
         internal: bool,
+        record: bytes | None = None,
+        receipt: Future[None] | None = None,
     ) -> None:
         """Reserve room for one validated call and queue it for the loop (any thread).
 
@@ -129,7 +134,10 @@ class Ingress:
             tokens = transit.setdefault(key, deque())
         tokens.append(None)
         # tuple.__new__: a NamedTuple's own constructor is a Python function, 5x slower.
-        item = _new(Submission, (key, message, priority, interrupt, clear, reply_to, ttl, internal))
+        item = _new(
+            Submission,
+            (key, message, priority, interrupt, clear, reply_to, ttl, internal, record, receipt),
+        )
         self._items.append(item)
         if self._closed:  # close() ran meanwhile: did it take this item, or not?
             self._take_back(item)

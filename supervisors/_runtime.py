@@ -27,6 +27,7 @@ from __future__ import annotations
 import asyncio
 import threading
 import time
+from concurrent.futures import Future
 from threading import get_ident
 from typing import TYPE_CHECKING, Any, Self, TypeVar, final
 
@@ -50,16 +51,22 @@ from supervisors._options import RuntimeOptions
 from supervisors._policy import Directive, RestartPolicy
 from supervisors._quiescence import wait_idle
 from supervisors._shutdown import ShutdownSummary, abort, shutdown
+from supervisors._snapshots import JournalSnapshots, MemorySnapshots
 from supervisors._stats import stats_of
+from supervisors._store import check_store, open_store
 from supervisors._supervisor import SupervisorActor
 
 if TYPE_CHECKING:
+    import os
     from collections.abc import Callable
     from types import TracebackType
 
     from actors._clock import Clock
+    from actors._codec import Codec
+    from actors._journal import Journal
     from actors._outcomes import DeadLetter
     from actors._user_actor import UserActor
+    from supervisors._durable import Durable
 
 __all__ = ["Runtime", "ShutdownSummary"]
 
@@ -89,6 +96,12 @@ class Runtime:
             structlog configuration, or WARNING if structlog is not configured.
         max_workers: threads for `blocking = True` handlers (default: the executor's default).
         batch: messages one actor handles before yielding the loop to others.
+        store: a durable store: an `actors.Journal` (e.g. `SQLiteJournal(path, sync="full")`)
+            or the path of an SQLite journal, opened at `start()`. Accepted messages are
+            journaled, replayed after a restart, and actor snapshots and dead letters
+            kept in it (README, "Durability"). The runtime closes it when it stops.
+        codec: the `actors.Codec` that encodes messages and snapshots for the store, with
+            the application's types registered (default: plain values only).
     """
 
     def __init__(
@@ -107,6 +120,8 @@ class Runtime:
         log_level: int | str | None = None,
         max_workers: int | None = None,
         batch: int = 64,
+        store: Journal | str | os.PathLike[str] | None = None,
+        codec: Codec | None = None,
     ) -> None:
         self._options = RuntimeOptions(
             actor_factory,
@@ -137,6 +152,8 @@ class Runtime:
         self._thread_error: BaseException | None = None
         self._done: asyncio.Event | None = None
         self._watch: asyncio.Task[None] | None = None
+        self._store, self._codec = check_store(store, codec)
+        self._durable: Durable | None = None
 
     def __repr__(self) -> str:
         return f"<Runtime {self._state}>"
@@ -151,6 +168,8 @@ class Runtime:
         loop = asyncio.get_running_loop()
         clock = self._clock if self._clock is not None else LoopClock(loop)
         log = library_logger(self._log_level)
+        # First, so that a journal that cannot be opened leaves nothing started.
+        durable = None if self._store is None else open_store(self._store, self._codec, loop, log)
         outcomes = Outcomes(
             log, dead_letter_limit=self._dead_letter_limit, on_dead_letter=self._on_dead_letter
         )
@@ -178,6 +197,11 @@ class Runtime:
         core.cells = core.registry.cells
         core.context_tell = self._context_tell
         core.ending = self._loop_ending
+        if durable is not None:
+            self._durable = core.durable = outcomes.journal = durable
+            core.snapshots = JournalSnapshots(durable.journal, durable.codec)
+        else:
+            core.snapshots = MemorySnapshots()
         self._ingress = Ingress(loop, core, core.notify)
         core.ingress_size = self._ingress.__len__
         self._core = core
@@ -185,6 +209,11 @@ class Runtime:
         self._loop = loop
         self._loop_thread = threading.get_ident()
         self._done = asyncio.Event()
+        if durable is not None:
+            # Before anything new is accepted: a key's replayed messages come first.
+            for letter in durable.restore_dead_letters(self._dead_letter_limit):
+                outcomes.retain(letter)
+            durable.replay(core)
         self._state = "running"
         # Notices a loop that ends without stop() (asyncio.run returned): asyncio then
         # cancels every task, this one included, and the runtime settles what it holds.
@@ -248,6 +277,8 @@ class Runtime:
         try:
             return await shutdown(core, ingress, drain=drain, timeout=timeout, started=started)
         finally:
+            if self._durable is not None:
+                self._durable.close()  # commits what is queued: at most a few milliseconds
             self._state = "stopped"
             self._done.set()  # type: ignore[union-attr]
 
@@ -273,6 +304,8 @@ class Runtime:
             return
         self._state = "stopped"
         summary = abort(core, self._ingress)  # type: ignore[arg-type]
+        if self._durable is not None:
+            self._durable.close()
         if self._stop_future is None:
             self._stop_future = LoopFuture(self._loop)
         self._stop_future.set(summary)
@@ -327,6 +360,36 @@ class Runtime:
         else:
             self._submit(key, message, priority, interrupt, clear, None, ttl, False)
 
+    async def send(
+        self,
+        key: str | int,
+        message: Any,
+        *,
+        priority: int = 0,
+        interrupt: bool = False,
+        clear: bool = False,
+        ttl: float | None = None,
+    ) -> None:
+        """Like `tell`, and return only once the message is durable (its batch committed).
+
+        For a webhook that must not answer its platform before the update is
+        safe. Without a store it returns once the message is accepted. Await it
+        on any event loop, in any thread. Raises what `tell` raises, and
+        `JournalError` if the journal could not commit it (the message may
+        still be handled by this process, but will not survive it).
+        """
+        if get_ident() == self._loop_thread:
+            self._accept(key, message, priority, interrupt, clear, None, ttl)
+            durable = self._durable
+            committed = durable.receipt() if durable is not None else None
+            if committed is not None:
+                await asyncio.wrap_future(committed)
+            return
+        receipt: Future[None] | None = Future() if self._durable is not None else None
+        self._submit(key, message, priority, interrupt, clear, None, ttl, False, receipt)
+        if receipt is not None:
+            await asyncio.wrap_future(receipt)
+
     def ask(
         self,
         key: str | int,
@@ -363,8 +426,10 @@ class Runtime:
         reply_to: Any,
         ttl: Any,
         internal: bool,
+        receipt: Future[None] | None = None,
     ) -> None:
-        """A call from another thread: validated here, room reserved, handed to the loop."""
+        """A call from another thread: validated (and encoded, with a store) here, room
+        reserved, handed to the loop."""
         check_call(key, priority, interrupt, clear, ttl)
         ingress = self._ingress
         if ingress is None:
@@ -373,8 +438,10 @@ class Runtime:
         if self._state != "running" and not (internal and self._state == "stopping"):
             msg = f"the runtime is {self._state}: it accepts no messages"
             raise RuntimeStopped(msg)
+        durable = self._durable
+        record = None if durable is None else durable.encode(key, message, priority, ttl)
         ingress.submit(  # type: ignore[union-attr]
-            key, message, priority, interrupt, clear, reply_to, ttl, internal
+            key, message, priority, interrupt, clear, reply_to, ttl, internal, record, receipt
         )
 
     def _context_tell(
@@ -410,7 +477,7 @@ class Runtime:
         return self._on_loop(self._stats)
 
     def _stats(self) -> dict[str, Any]:
-        return stats_of(self._core, self._state)
+        return stats_of(self._core, self._state, self._durable)
 
     def pending(self, key: str | int) -> int:
         """How many messages wait for `key` (0 for an unknown key)."""
@@ -435,7 +502,13 @@ class Runtime:
         if not self._on_loop(lambda: self._core.outcomes.forget(letter) if self._core else False):
             msg = f"{letter!r} is not a retained dead letter (already redelivered?)"
             raise ValueError(msg)
-        return self.ask(letter.key, letter.message, priority=letter.priority)
+        future = self.ask(letter.key, letter.message, priority=letter.priority)
+        durable, journal_id = self._durable, letter.journal_id
+        if durable is not None and journal_id is not None:
+            # After the ask (on the loop, in order): the message is journaled before its
+            # letter goes, so a crash in between leaves a duplicate, never nothing.
+            self._on_loop(lambda: durable.forget_dead_letters([journal_id]))
+        return future
 
     def _on_loop(self, fn: Callable[[], _T]) -> _T:
         loop = self._loop

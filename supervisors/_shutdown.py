@@ -87,7 +87,7 @@ async def shutdown(
     await _settle_tasks(core, max(end, time.monotonic() + SHUTDOWN_GRACE / 2))
     dropped += _drop_everything(core)  # anything a hook added meanwhile
     for item in ingress.close():
-        core.drop_late(item.key, item.message, item.priority, item.reply_to)
+        core.accept_submission(item)  # the phase is CLOSING: dropped ("shutdown")
         dropped += 1
     _close(core, "the runtime has stopped: it accepts no messages")
     out = core.outcomes
@@ -129,7 +129,7 @@ def abort(core: _Core, ingress: Ingress) -> ShutdownSummary:
     interrupted_before = core.outcomes.interrupted
     dropped = 0
     for item in ingress.close():
-        core.drop_late(item.key, item.message, item.priority, item.reply_to)
+        core.accept_submission(item)  # the phase is CLOSING: dropped ("shutdown")
         dropped += 1
     dropped += _drop_everything(core, cancel=False)
     for cell in list(core.cells.values()):

@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     from actors._cell import Cell
     from supervisors._core import _Core
+    from supervisors._durable import Durable
 
 __all__ = ["stats_of"]
 
@@ -33,11 +34,16 @@ _COUNTS = (
     "overruns",
     "activations",
     "idle_stops",
+    "replayed",
 )
 
 
-def stats_of(core: _Core | None, state: str) -> dict[str, Any]:
-    """The figures of `core` (None: a runtime not started yet) in runtime `state`."""
+def stats_of(core: _Core | None, state: str, durable: Durable | None = None) -> dict[str, Any]:
+    """The figures of `core` (None: a runtime not started yet) in runtime `state`.
+
+    With a durable store, `journal` holds the journal's counters; `replayed`
+    counts the messages replayed from it at start (0 without a store).
+    """
     if core is None:
         zeros: dict[str, Any] = dict.fromkeys(_COUNTS, 0)
         wait_ms = {"count": 0, "p50": 0.0, "p90": 0.0, "p99": 0.0, "max": 0.0}
@@ -68,9 +74,10 @@ def stats_of(core: _Core | None, state: str) -> dict[str, Any]:
         "overruns": core.overruns,
         "activations": core.activations,
         "idle_stops": core.idle_stops,
+        "replayed": durable.replayed if durable is not None else 0,
         "wait_ms": wait_ms,
         "run_ms": run_ms,
-    }
+    } | ({"journal": durable.stats()} if durable is not None else {})
 
 
 def _depth(cell: Cell) -> int:

@@ -24,7 +24,8 @@ Failure handling, step by step, for a failure of `on_message`:
    its next message, with a new budget, unless `park_for` parks it: for that
    long its messages are dropped ("parked").
 
-Failures of `on_start` follow the same steps (there is no message to retry).
+Failures of `on_start` follow the same steps (there is no message to retry), and
+so do failures of the actor factory ("init") and of `restore(state)` ("restore").
 A failure of `on_stop` is logged and counted; the incarnation ends anyway, and
 only an ESCALATE changes anything (the key is then stopped).
 """
@@ -149,12 +150,29 @@ class SupervisorActor(LoopActor):
             cell.state = SUSPENDED
             self._on_failed(ChildFailed(cell, "init", exc, None, None))
             return
+        if actor._snapshots and not self._restore(cell, actor):
+            return
         cell.start(actor)
         self.core.activations += 1
         if restarting:
             self.core.log.info("actor_restarted", key=cell.key, incarnation=cell.incarnation)
         elif self.core.trace:
             self.core.log.debug("actor_started", key=cell.key, incarnation=cell.incarnation)
+
+    def _restore(self, cell: Cell, actor: UserActor) -> bool:
+        """Give a new incarnation the state its key kept (supervisors._snapshots)."""
+        snapshots = self.core.snapshots
+        if snapshots is None:
+            return True
+        try:
+            state = snapshots.get(cell.key)
+            if state is not None:
+                actor.restore(state)
+        except BaseException as exc:  # a state that no longer decodes, or restore() raised
+            cell.state = SUSPENDED
+            self._on_failed(ChildFailed(cell, "restore", exc, None, type(actor)))
+            return False
+        return True
 
     # -- failures -----------------------------------------------------------------
 

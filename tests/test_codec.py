@@ -198,6 +198,7 @@ ENVELOPES = st.builds(
     attempt=st.integers(min_value=0, max_value=100),
     accepted_at=st.floats(),
     msg_id=st.none() | st.text(max_size=20),
+    expires_at=st.none() | st.floats(),  # NaN and the infinities included
 )
 
 
@@ -209,6 +210,7 @@ def encode(record: EnvelopeRecord) -> bytes:
         attempt=record.attempt,
         accepted_at=record.accepted_at,
         msg_id=record.msg_id,
+        expires_at=record.expires_at,
     )
 
 
@@ -309,6 +311,21 @@ def test_envelope_round_trips(record: EnvelopeRecord) -> None:
 def test_envelope_defaults_and_int_timestamp() -> None:
     data = CODEC.encode_envelope(42, "hi", accepted_at=5)
     assert CODEC.decode_envelope(data) == EnvelopeRecord(42, "hi", 0, 0, 5.0, None)
+    assert CODEC.decode_envelope(data).expires_at is None
+    assert msgpack.unpackb(data)[7] is None  # the last field of eight
+
+
+def test_envelope_expires_at() -> None:
+    """An int is stored as a float, like accepted_at; it is the last field of the array."""
+    data = CODEC.encode_envelope("k", "hi", accepted_at=1.5, msg_id="m", expires_at=90)
+    record = CODEC.decode_envelope(data)
+    assert record == EnvelopeRecord("k", "hi", 0, 0, 1.5, "m", 90.0)
+    assert type(record.expires_at) is float
+    body = msgpack.packb("hi")
+    assert msgpack.unpackb(data) == [ENVELOPE_VERSION, "k", 0, 0, 1.5, "m", body, 90.0]
+    for when in (float("inf"), -1.0, 1e300):  # any float: what it means is the runtime's call
+        back = CODEC.decode_envelope(CODEC.encode_envelope("k", 1, accepted_at=0, expires_at=when))
+        assert back.expires_at == when
 
 
 def test_envelope_of_another_version_is_refused() -> None:
@@ -326,13 +343,18 @@ def test_envelope_of_another_version_is_refused() -> None:
         msgpack.packb("a str"),
         msgpack.packb([]),
         msgpack.packb(["1", "k"]),
-        msgpack.packb([1, "k", 0, 0, 1.0, None]),  # a field short
-        msgpack.packb([1, "k", -1, 0, 1.0, None, b"\xa0"]),  # negative priority
-        msgpack.packb([1, "", 0, 0, 1.0, None, b"\xa0"]),  # empty key
-        msgpack.packb([1, "k", 0, 0, "1.0", None, b"\xa0"]),  # accepted_at a str
-        msgpack.packb([1, "k", 0, 0, 1.0, 5, b"\xa0"]),  # msg_id an int
-        msgpack.packb([1, "k", 0, 0, 1.0, None, "not bytes"]),
-        msgpack.packb([1, "k", 0, 0, 1.0, None, msgpack.ExtType(1, b"\x90")]),
+        msgpack.packb([1, "k", 0, 0, 1.0, None, b"\xa0"]),  # a field short
+        msgpack.packb([1, "k", 0, 0, 1.0, None, b"\xa0", None, None]),  # a field too many
+        msgpack.packb([1, "k", -1, 0, 1.0, None, b"\xa0", None]),  # negative priority
+        msgpack.packb([1, "", 0, 0, 1.0, None, b"\xa0", None]),  # empty key
+        msgpack.packb([1, "k", 0, 0, "1.0", None, b"\xa0", None]),  # accepted_at a str
+        msgpack.packb([1, "k", 0, 0, 1, None, b"\xa0", None]),  # accepted_at an int
+        msgpack.packb([1, "k", 0, 0, 1.0, 5, b"\xa0", None]),  # msg_id an int
+        msgpack.packb([1, "k", 0, 0, 1.0, None, "not bytes", None]),
+        msgpack.packb([1, "k", 0, 0, 1.0, None, msgpack.ExtType(1, b"\x90"), None]),
+        msgpack.packb([1, "k", 0, 0, 1.0, None, b"\xa0", "soon"]),  # expires_at a str
+        msgpack.packb([1, "k", 0, 0, 1.0, None, b"\xa0", 5]),  # expires_at an int
+        msgpack.packb([1, "k", 0, 0, 1.0, None, b"\xa0", True]),  # expires_at a bool
     ],
 )
 def test_malformed_envelopes_are_refused(data: bytes) -> None:
@@ -357,6 +379,10 @@ def test_undecodable_message_names_its_key_and_id() -> None:
         ({"attempt": -1}, "attempt"),
         ({"accepted_at": "now"}, "accepted_at"),
         ({"msg_id": 3}, "msg_id"),
+        ({"expires_at": "soon"}, "expires_at"),
+        ({"expires_at": True}, "expires_at"),
+        ({"accepted_at": 10**400}, "accepted_at"),  # no float holds it
+        ({"expires_at": 10**400}, "expires_at"),
     ],
 )
 def test_envelope_fields_are_checked_at_encode(fields: dict[str, Any], named: str) -> None:

@@ -16,14 +16,9 @@ from pathlib import Path
 
 import pytest
 
-from actors._errors import InorderError
-from actors._journal import (
-    SCHEMA_VERSION,
-    JournalClosed,
-    JournalError,
-    PendingRecord,
-    SQLiteJournal,
-)
+from actors._errors import InorderError, JournalClosed, JournalError
+from actors._journal import PendingRecord
+from actors._sqlite_journal import SCHEMA_VERSION, SQLiteJournal
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -79,16 +74,103 @@ def test_mark_started_counts_attempts(tmp_path: Path) -> None:
     path = tmp_path / "j.db"
     with SQLiteJournal(path, max_delay_ms=50) as j:
         (s1, s2) = j.append([("k", b"1"), ("k", b"2")]).seqs
-        j.mark_started(s1)  # in the batch that appends it
+        j.mark_started([s1])  # in the batch that appends it
         j.flush()
-        j.mark_started(s1)  # on a committed row
-        j.mark_started(s2).result(5)
+        j.mark_started([s1])  # on a committed row
+        j.mark_started([s2]).result(5)
     with SQLiteJournal(path) as j:
         assert list(j.pending()) == [
             PendingRecord(s1, "k", b"1", 2),
             PendingRecord(s2, "k", b"2", 1),
         ]
         assert all(p.started for p in j.pending())
+
+
+def test_mark_started_takes_a_batch(tmp_path: Path) -> None:
+    """One call marks many messages, in one operation; a seq listed twice counts twice,
+    an unknown one is ignored, an empty batch is a no-op."""
+    path = tmp_path / "j.db"
+    with SQLiteJournal(path) as j:
+        seqs = j.append([("a", b"1"), ("b", b"2"), ("a", b"3")]).seqs
+        j.flush()
+        ops = j.stats()["ops"]
+        j.mark_started([seqs[0], seqs[2], seqs[0], 999]).result(5)
+        assert j.stats()["ops"] == ops + 1
+        j.mark_started([]).result(5)
+        j.mark_started(iter([seqs[1]])).result(5)  # any iterable of seqs
+    with SQLiteJournal(path) as j:
+        assert [(p.seq, p.attempts) for p in j.pending()] == [
+            (seqs[0], 2),
+            (seqs[1], 1),
+            (seqs[2], 1),
+        ]
+
+
+class Statements:
+    """The SQL statements the writer runs (one per row of an executemany)."""
+
+    def __init__(self, journal: SQLiteJournal) -> None:
+        self.seen: list[str] = []
+        journal._writer_db.set_trace_callback(self.seen.append)
+
+    def on_messages(self) -> list[str]:
+        """The statements that wrote the messages table, forgotten once returned."""
+        written = [s for s in self.seen if "messages" in s]
+        self.seen.clear()  # in place: the trace callback appends to this very list
+        return written
+
+
+def one_batch(j: SQLiteJournal, *calls: Callable[[], object]) -> None:
+    """Make `calls` in one batch: the writer waits a minute for more operations after
+    the first, and the flush at the end cuts that wait short."""
+    for call in calls:
+        call()
+    j.flush(timeout=5)
+
+
+def test_started_and_acked_in_one_batch_costs_no_update(tmp_path: Path) -> None:
+    path = tmp_path / "j.db"
+    with SQLiteJournal(path, max_delay_ms=60_000) as j:
+        seqs = j.append([("k", b"1"), ("k", b"2"), ("k", b"3")]).seqs
+        j.flush()
+        statements = Statements(j)
+        one_batch(
+            j,
+            lambda: j.mark_started(seqs),
+            lambda: j.ack(seqs[:2]),
+        )
+        written = statements.on_messages()
+        assert [s.split()[0] for s in written] == ["UPDATE", "DELETE", "DELETE"], written
+        assert f"WHERE seq = {seqs[2]}" in written[0]
+        # A start after the ack of the same message, in one batch: no update either.
+        one_batch(j, lambda: j.ack([seqs[2]]), lambda: j.mark_started([seqs[2]]))
+        assert [s.split()[0] for s in statements.on_messages()] == ["DELETE"]
+        assert j.pending_count() == 0
+
+
+def test_appended_started_and_acked_in_one_batch_writes_nothing(tmp_path: Path) -> None:
+    path = tmp_path / "j.db"
+    with SQLiteJournal(path, max_delay_ms=60_000) as j:
+        statements = Statements(j)
+        kept: list[int] = []
+        fast: list[int] = []
+        one_batch(
+            j,
+            lambda: fast.extend(j.append([("k", b"fast"), ("k", b"fast too")]).seqs),
+            lambda: kept.extend(j.append([("k", b"slow")]).seqs),
+            lambda: j.mark_started(fast + kept),
+            lambda: j.ack(fast),
+        )
+        written = statements.on_messages()
+        # The message still pending is inserted, already started once; the others never
+        # reach the table (only the seq counter moves past them).
+        assert written == [f"INSERT INTO messages VALUES ({kept[0]}, 'k', x'{b'slow'.hex()}', 1)"]
+        # Appended and acknowledged, without a start: nothing either (as before).
+        one_batch(j, lambda: j.ack(j.append([("k", b"x")]).seqs))
+        assert statements.on_messages() == []
+    with SQLiteJournal(path) as j:
+        assert [(p.seq, p.data, p.attempts) for p in j.pending()] == [(kept[0], b"slow", 1)]
+        assert j.append([("k", b"next")]).seqs == [kept[0] + 2]  # seqs never go back
 
 
 def test_many_appends_from_threads_commit_in_few_transactions(tmp_path: Path) -> None:
@@ -207,7 +289,7 @@ def test_everything_survives_close_and_reopen(tmp_path: Path) -> None:
     with SQLiteJournal(path) as j:
         seqs = j.append([("a", b"1"), ("b", b"2"), ("a", b"3")]).seqs
         j.ack([seqs[1]])
-        j.mark_started(seqs[0])
+        j.mark_started([seqs[0]])
         j.save_snapshot("a", b"state-a1")
         j.save_snapshot("a", b"state-a2")
         j.save_snapshot(5, b"state-5")
@@ -267,7 +349,7 @@ def test_closed_journal_refuses_every_call(tmp_path: Path) -> None:
     calls: list[Callable[[], object]] = [
         lambda: j.append([("k", b"x")]),
         lambda: j.ack([1]),
-        lambda: j.mark_started(1),
+        lambda: j.mark_started([1]),
         lambda: list(j.pending()),
         lambda: j.save_snapshot("k", b"x"),
         lambda: j.load_snapshot("k"),
@@ -300,7 +382,7 @@ def test_bad_arguments_are_refused_before_anything_is_accepted(tmp_path: Path) -
 CHILD = """
 import os, random, signal, sys
 sys.path.insert(0, sys.argv[1])
-from actors._journal import SQLiteJournal
+from actors._sqlite_journal import SQLiteJournal
 
 path, seed, kill_after, sync = sys.argv[2], int(sys.argv[3]), int(sys.argv[4]), sys.argv[5]
 rng = random.Random(seed)
