@@ -559,3 +559,73 @@ def test_threads_telling_while_the_runtime_stops_lose_nothing_confirmed(tmp_path
     handled = {m for _, m, _, _ in LOG}
     assert set(sent) <= handled, sorted(set(sent) - handled)[:10]
     assert len(first) <= len(handled)
+
+
+# -- the ways a run ends ------------------------------------------------------------------
+
+
+def test_a_loop_that_ends_without_stop_keeps_the_messages(tmp_path: Path) -> None:
+    """`asyncio.run` returning with the runtime still running: the runtime settles what it
+    holds, closes its journal, and the next start handles all of it."""
+    path = tmp_path / "j.db"
+    GATE["open"] = asyncio.Event()
+
+    async def forgetful() -> None:
+        rt = runtime(path)
+        await rt.start()
+        rt.tell("k", "block")
+        for n in range(3):
+            rt.tell("k", n)
+        await in_flight(rt, 1)
+        # returns without rt.stop()
+
+    asyncio.run(forgetful())
+    assert len(pending_rows(path)) == 4
+    LOG.clear()
+
+    async def again() -> None:
+        GATE["open"] = asyncio.Event()
+        GATE["open"].set()
+        async with runtime(path) as rt:
+            await settle(rt)
+
+    asyncio.run(again())
+    assert [(m, a, r) for _, m, a, r in LOG] == [
+        ("block", 2, True),
+        (0, 1, True),
+        (1, 1, True),
+        (2, 1, True),
+    ]
+
+
+class Chain(UserActor):
+    """Each message tells the next key; during the stop's close those are kept."""
+
+    async def on_message(self, message: Any, ctx: Context) -> Any:
+        LOG.append((ctx.key, message, ctx.attempt, ctx.redelivered))
+        if message == "block":
+            try:
+                await GATE["open"].wait()
+            finally:
+                ctx.tell("after", f"told-on-attempt-{ctx.attempt}")
+        return message
+
+
+async def test_a_handlers_tell_after_the_drain_is_kept_for_the_next_start(
+    tmp_path: Path,
+) -> None:
+    path = tmp_path / "j.db"
+    GATE["open"] = asyncio.Event()
+    rt = runtime(path, actor=Chain)
+    await rt.start()
+    rt.tell("k", "block")
+    await in_flight(rt, 1)
+    summary = await rt.stop(drain=False)
+    assert summary.interrupted_on_stop == 1
+    LOG.clear()
+    GATE["open"].set()
+    async with runtime(path, actor=Chain) as rt:
+        await settle(rt)
+    # The first run's tell (made while the stop closed) was kept; the replayed "block"
+    # (a redelivery, attempt 2) tells again.
+    assert sorted(m for _, m, _, _ in LOG) == ["block", "told-on-attempt-1", "told-on-attempt-2"]
