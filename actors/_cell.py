@@ -29,6 +29,7 @@ plain methods, which is what lets this module be compiled (see `setup.py`).
 from __future__ import annotations
 
 import asyncio
+import inspect
 from abc import ABC, abstractmethod
 from collections import deque
 from typing import TYPE_CHECKING, Any
@@ -317,6 +318,13 @@ class Cell(Mailbox):
             self._flagged = True
         if task is not asyncio.current_task():
             task.cancel()
+            coro: Any = task.get_coro()
+            if inspect.getcoroutinestate(coro) == inspect.CORO_CREATED:
+                # Cancelled before its first step, the burst never runs, not even its
+                # `finally`: end it here, or the cell would wait for it forever (and
+                # its `on_stop` with it).
+                self._cut = None
+                self.burst_ended(task)
 
     def abandon(self) -> Envelope | None:
         """Shutdown gives up waiting: the message in flight ends `Interrupted("shutdown")` now."""

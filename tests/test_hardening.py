@@ -22,7 +22,7 @@ import time
 import warnings
 from collections import Counter
 from collections.abc import Awaitable, Callable
-from typing import Any
+from typing import Any, ClassVar
 
 import pytest
 from structlog.testing import capture_logs
@@ -1209,3 +1209,35 @@ async def test_a_plain_handler_blocking_the_loop_past_its_timeout_fails_on_retur
         stats = rt.stats()
         assert (stats["failed"], stats["handled"], stats["restarts"]) == (1, 1, 1)
         assert ledger_ok(stats)
+
+
+# -- a burst cancelled before its first step ---------------------------------------------
+
+
+class _Stops(UserActor):
+    stopped: ClassVar[list[str]] = []
+
+    async def on_message(self, message: Any, ctx: Context) -> Any:
+        return message
+
+    def on_stop(self, reason: str) -> None:
+        _Stops.stopped.append(reason)
+
+
+@pytest.mark.parametrize("turns", range(4))
+async def test_stop_right_after_activation_runs_on_stop_and_returns(turns: int) -> None:
+    """A stop that cancels a burst task before its first step (the actor was just
+    activated) used to leave the cell waiting for a `finally` that never runs: the stop
+    took its whole timeout and `on_stop` never ran."""
+    _Stops.stopped.clear()
+    rt = Runtime(_Stops, idle_timeout=None)
+    await rt.start()
+    rt.tell("k", 1)
+    rt.tell("k", 2)
+    for _ in range(turns):
+        await asyncio.sleep(0)
+    summary = await asyncio.wait_for(rt.stop(drain=False, timeout=60), 10)  # a hang detector
+    assert _Stops.stopped == ["shutdown"]
+    assert rt.stats()["live_actors"] == 0
+    assert summary.actors_stopped == 1
+    assert summary.accepted == summary.handled + summary.dropped + summary.interrupted
