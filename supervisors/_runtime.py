@@ -6,8 +6,11 @@ loop on a background thread for code that is not async.
 
 What happens when, for `async with Runtime(Bot) as rt:`:
 
-1. `start()` (on the running loop): the clock, the outcome book, the core
-   (router), the registry actor and the supervisor actor are created.
+1. `start()` (on the running loop): the durable store is opened if there is
+   one, then the outcome book, the core (router), the registry actor and the
+   supervisor actor are created (supervisors/_assembly.py); with a store, its
+   dead letters are restored and its pending messages replayed, before anything
+   new is accepted (supervisors/_durable.py).
 2. `rt.tell(key, msg)` on the loop thread goes straight to the router; from
    another thread it is validated and its room reserved at the call site,
    then handed to the loop through the batched ingress.
@@ -34,10 +37,9 @@ from typing import TYPE_CHECKING, Any, Self, TypeVar, final
 from actors._clock import LoopClock
 from actors._errors import RuntimeStopped
 from actors._future import LoopFuture
-from actors._logging import check_level, debug_enabled, library_logger
-from actors._outcomes import Outcomes
-from actors._registry import RegistryActor
+from actors._logging import check_level, library_logger
 from supervisors import _background
+from supervisors._assembly import assemble
 from supervisors._core import (
     CLOSING,
     DRAINING,
@@ -51,10 +53,8 @@ from supervisors._options import RuntimeOptions
 from supervisors._policy import Directive, RestartPolicy
 from supervisors._quiescence import wait_idle
 from supervisors._shutdown import ShutdownSummary, abort, shutdown
-from supervisors._snapshots import JournalSnapshots, MemorySnapshots
 from supervisors._stats import stats_of
 from supervisors._store import check_store, open_store
-from supervisors._supervisor import SupervisorActor
 
 if TYPE_CHECKING:
     import os
@@ -134,10 +134,8 @@ class Runtime:
             max_workers=max_workers,
             batch=batch,
         )
-        self._factory = actor_factory
         self._policy = restart if restart is not None else RestartPolicy()
         self._on_escalate = on_escalate or _stop_on_escalate
-        self._dead_letter_limit = dead_letter_limit
         self._on_dead_letter = on_dead_letter
         self._clock = clock
         self._log_level = check_level(log_level)
@@ -170,38 +168,20 @@ class Runtime:
         log = library_logger(self._log_level)
         # First, so that a journal that cannot be opened leaves nothing started.
         durable = None if self._store is None else open_store(self._store, self._codec, loop, log)
-        outcomes = Outcomes(
-            log, dead_letter_limit=self._dead_letter_limit, on_dead_letter=self._on_dead_letter
+        core = assemble(
+            loop,
+            clock,
+            log,
+            self._options,
+            self._policy,
+            self._on_escalate,
+            self._on_dead_letter,
+            durable,
         )
-        opts = self._options
-        core = _Core(
-            loop=loop,
-            clock=clock,
-            factory=self._factory,
-            policy=self._policy,
-            outcomes=outcomes,
-            log=log,
-            trace=debug_enabled(log),
-            max_pending=opts.max_pending,
-            max_total_pending=opts.max_total_pending,
-            idle_timeout=opts.idle_timeout,
-            max_active=opts.max_active,
-            on_escalate=self._on_escalate,
-            batch=opts.batch,
-            max_workers=opts.max_workers,
-        )
-        core.registry = RegistryActor(core)
-        core.supervisor = SupervisorActor(core)
-        core.registry._start_actor_loop()
-        core.supervisor._start_actor_loop()
-        core.cells = core.registry.cells
+        outcomes = core.outcomes
         core.context_tell = self._context_tell
         core.ending = self._loop_ending
-        if durable is not None:
-            self._durable = core.durable = outcomes.journal = durable
-            core.snapshots = JournalSnapshots(durable.journal, durable.codec)
-        else:
-            core.snapshots = MemorySnapshots()
+        self._durable = durable
         self._ingress = Ingress(loop, core, core.notify)
         core.ingress_size = self._ingress.__len__
         self._core = core
@@ -211,13 +191,14 @@ class Runtime:
         self._done = asyncio.Event()
         if durable is not None:
             # Before anything new is accepted: a key's replayed messages come first.
-            for letter in durable.restore_dead_letters(self._dead_letter_limit):
+            for letter in durable.restore_dead_letters(self._options.dead_letter_limit):
                 outcomes.retain(letter)
             durable.replay(core)
         self._state = "running"
         # Notices a loop that ends without stop() (asyncio.run returned): asyncio then
         # cancels every task, this one included, and the runtime settles what it holds.
         self._watch = loop.create_task(self._watch_loop(), name="inorder-watch")
+        opts = self._options
         log.info("runtime_started", max_pending=opts.max_pending, idle_timeout=opts.idle_timeout)
         return self
 
