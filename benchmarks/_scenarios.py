@@ -8,8 +8,8 @@ or memory); ``--repeat N`` reports the median of the N figures and of the N
 ratios. Each scenario states its target and checks it on the medians.
 
 The workloads themselves live in ``_throughput.py`` (P1, P2, thread
-producers, logging), ``_load.py`` (P5, P6, P7), ``_memory.py`` (P3, P4) and
-``_failures.py`` (keys that fail once).
+producers, logging), ``_load.py`` (P5, P6, P7), ``_memory.py`` (P3, P4),
+``_failures.py`` (keys that fail once) and ``_durable.py`` (the journal).
 """
 
 from __future__ import annotations
@@ -99,6 +99,9 @@ class Cell:
     value: float | None = None
     na: str | None = None
     extra: dict[str, float] = dataclasses.field(default_factory=dict)
+    #: The direction of this case's figure when it differs from the scenario's
+    #: (a latency case in a throughput scenario); None: the scenario's.
+    higher_is_better: bool | None = None
 
 
 @dataclasses.dataclass
@@ -130,10 +133,14 @@ class Aggregate:
                 by_case.setdefault(cell.case, {})[cell.peer] = cell
             for case, row in by_case.items():
                 subject = row.get(SUBJECT)
+                direction = next(
+                    (c.higher_is_better for c in row.values() if c.higher_is_better is not None),
+                    higher_is_better,
+                )
                 for peer, cell in row.items():
                     if peer == SUBJECT:
                         continue
-                    r = _ratio(subject, cell, higher_is_better)
+                    r = _ratio(subject, cell, direction)
                     if r is not None:
                         ratios.setdefault((case, peer), []).append(r)
         self.ratios = {k: median(v) for k, v in ratios.items()}
@@ -213,7 +220,7 @@ def error_cell(case: str, peer: str, exc: BaseException) -> Cell:
 
 def all_scenarios() -> list[Scenario]:
     """Every scenario, in the order of the table."""
-    from benchmarks import _failures, _load, _memory, _throughput
+    from benchmarks import _durable, _failures, _load, _memory, _throughput
 
     return [
         *_throughput.SCENARIOS[:2],
@@ -221,6 +228,7 @@ def all_scenarios() -> list[Scenario]:
         *_load.SCENARIOS,
         *_throughput.SCENARIOS[2:],
         *_failures.SCENARIOS,
+        *_durable.SCENARIOS,
     ]
 
 

@@ -75,7 +75,7 @@ def assemble(
     core.supervisor._start_actor_loop()
     core.cells = core.registry.cells
     if durable is not None:
-        core.durable = outcomes.journal = durable
+        core.durable = core.tracker = outcomes.journal = durable
         core.snapshots = JournalSnapshots(durable.journal, durable.codec)
     else:
         core.snapshots = MemorySnapshots()

@@ -28,7 +28,7 @@ if TYPE_CHECKING:
     from actors._outcomes import Outcomes
     from actors._registry import RegistryActor
     from actors._user_actor import UserActor
-    from supervisors._durable import Durable
+    from supervisors._durable import Durable, Tracker
     from supervisors._ingress import Submission
     from supervisors._policy import Directive, RestartPolicy
     from supervisors._snapshots import JournalSnapshots, MemorySnapshots
@@ -165,6 +165,9 @@ class _Core(Host):
         self.ending: Callable[[], bool] = lambda: False  # set by the runtime
         # With a durable store (set by the runtime): journals what is accepted.
         self.durable: Durable | None = None
+        # The durable store or the cluster node: told when a tracked message (seq != 0)
+        # starts and when it is handled.
+        self.tracker: Tracker | None = None
         self.snapshots: MemorySnapshots | JournalSnapshots | None = None
 
     def _context_tell(self, key: Any, message: Any, **options: Any) -> None:
@@ -249,6 +252,47 @@ class _Core(Host):
                 priority=priority,
                 in_flight_priority=cell.current.priority,
             )
+        cell.deliver(envelope)
+
+    def deliver_remote(
+        self,
+        key: str | int,
+        message: Any,
+        priority: int,
+        interrupt: bool,
+        clear: bool,
+        reply_to: Any,
+        ttl: float | None,
+        seq: int,
+        attempt: int,
+        redelivered: bool,
+    ) -> None:
+        """Accept a message this node read from its shard's stream (cluster mode).
+
+        Its room was accounted for by the shard's in-flight bound, not `max_pending`:
+        the entry is already in Redis, and refusing it would only leave it pending.
+        `seq` tags it for the cluster's outcome hooks.
+        """
+        cell = self.cells.get(key)
+        if cell is None:
+            cell = self.registry.open(key)
+        envelope = Envelope(message, reply_to, priority, self.now())
+        envelope.seq = seq
+        envelope.attempt = attempt
+        envelope.redelivered = redelivered
+        self.accepted += 1
+        if reply_to is not None:
+            reply_to._cell = cell
+        if cell.state is PARKED:
+            self.outcomes.on_dropped(key, envelope, "parked")
+            return
+        self.pending += 1
+        if ttl is not None:
+            envelope.expiry = self.clock.call_at(envelope.accepted_at + ttl, cell.expire, envelope)
+        if clear:
+            self._clear_below(cell, priority)
+        if interrupt and cell.current is not None:
+            cell.interrupt(priority)
         cell.deliver(envelope)
 
     def accept_submission(self, item: Submission) -> None:
@@ -378,10 +422,10 @@ class _Core(Host):
         self.supervisor.cell_stopped(cell, reason)
 
     def journal_started(self, envelope: Envelope) -> None:
-        self.durable.started(envelope)  # type: ignore[union-attr]
+        self.tracker.started(envelope)  # type: ignore[union-attr]
 
     def journal_handled(self, envelope: Envelope) -> None:
-        self.durable.ack(envelope)  # type: ignore[union-attr]
+        self.tracker.ack(envelope)  # type: ignore[union-attr]
 
     def save_snapshot(self, cell: Cell, actor: UserActor) -> None:
         if self.snapshots is not None:

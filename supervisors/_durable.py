@@ -29,7 +29,7 @@ from __future__ import annotations
 
 import contextlib
 import time
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 from actors._errors import CodecError, Dropped, JournalError, RecordedError
 from actors._mailbox import Envelope
@@ -43,7 +43,19 @@ if TYPE_CHECKING:
     from actors._journal import Journal
     from supervisors._core import _Core
 
-__all__ = ["Durable"]
+__all__ = ["Durable", "Tracker"]
+
+
+class Tracker(Protocol):
+    """What the router tells about a tracked message (`envelope.seq != 0`): the durable
+    store here, or the cluster node (supervisors/_cluster_node.py)."""
+
+    def started(self, envelope: Envelope) -> None:
+        """A handler starts on it."""
+
+    def ack(self, envelope: Envelope) -> None:
+        """It was handled (or otherwise ended and is not kept)."""
+
 
 # Wall-clock time: what a journaled record keeps (a ttl's deadline must still mean
 # something after a restart). A module attribute so that tests can move it.

@@ -40,6 +40,8 @@ from actors._future import LoopFuture
 from actors._logging import check_level, library_logger
 from supervisors import _background
 from supervisors._assembly import assemble
+from supervisors._cluster_node import ClusterNode
+from supervisors._cluster_port import ClusterPort, check_msg_id
 from supervisors._core import (
     CLOSING,
     DRAINING,
@@ -54,7 +56,7 @@ from supervisors._policy import Directive, RestartPolicy
 from supervisors._quiescence import wait_idle
 from supervisors._shutdown import ShutdownSummary, abort, shutdown
 from supervisors._stats import stats_of
-from supervisors._store import check_store, open_store
+from supervisors._store import check_cluster, check_store, open_store
 
 if TYPE_CHECKING:
     import os
@@ -66,6 +68,7 @@ if TYPE_CHECKING:
     from actors._journal import Journal
     from actors._outcomes import DeadLetter
     from actors._user_actor import UserActor
+    from supervisors._cluster import RedisCluster
     from supervisors._durable import Durable
 
 __all__ = ["Runtime", "ShutdownSummary"]
@@ -100,8 +103,10 @@ class Runtime:
             or the path of an SQLite journal, opened at `start()`. Accepted messages are
             journaled, replayed after a restart, and actor snapshots and dead letters
             kept in it (README, "Durability"). The runtime closes it when it stops.
-        codec: the `actors.Codec` that encodes messages and snapshots for the store, with
-            the application's types registered (default: plain values only).
+        codec: the `actors.Codec` that encodes messages and snapshots for the store (and
+            the cluster), with the application's types registered (default: plain values).
+        cluster: a `RedisCluster`: this runtime is one node of several on Redis (README,
+            "Scaling out"); every message goes through the key's shard stream.
     """
 
     def __init__(
@@ -122,6 +127,7 @@ class Runtime:
         batch: int = 64,
         store: Journal | str | os.PathLike[str] | None = None,
         codec: Codec | None = None,
+        cluster: RedisCluster | None = None,
     ) -> None:
         self._options = RuntimeOptions(
             actor_factory,
@@ -152,6 +158,9 @@ class Runtime:
         self._watch: asyncio.Task[None] | None = None
         self._store, self._codec = check_store(store, codec)
         self._durable: Durable | None = None
+        self._cluster = check_cluster(cluster, store)
+        self._node: ClusterNode | None = None
+        self._port: ClusterPort | None = None
 
     def __repr__(self) -> str:
         return f"<Runtime {self._state}>"
@@ -189,6 +198,8 @@ class Runtime:
         self._loop = loop
         self._loop_thread = threading.get_ident()
         self._done = asyncio.Event()
+        if self._cluster is not None:
+            await self._join(self._cluster, core, log)
         if durable is not None:
             # Before anything new is accepted: a key's replayed messages come first.
             for letter in durable.restore_dead_letters(self._options.dead_letter_limit):
@@ -251,11 +262,25 @@ class Runtime:
         task = core.loop.create_task(self._shutdown(drain, timeout))
         task.add_done_callback(lambda t: _resolve(future, t))
 
+    async def _join(self, cluster: RedisCluster, core: _Core, log: Any) -> None:
+        """Cluster mode: connect this node, and send every message through Redis."""
+        node = ClusterNode(cluster, self._codec, core.loop, log)
+        if cluster.role == "node":
+            core.tracker = core.outcomes.journal = node
+        await node.start(core if cluster.role == "node" else None)
+        self._node = node
+        self._port = ClusterPort(node, self._codec, core.loop)
+        self._accept = self._port.accept
+
     async def _shutdown(self, drain: bool, timeout: float) -> ShutdownSummary:
         core: _Core = self._core  # type: ignore[assignment]
         ingress: Ingress = self._ingress  # type: ignore[assignment]
         started = time.monotonic()
         try:
+            if self._node is not None:  # hand the shards off first: drained, nothing redelivered
+                self._port.open = False  # type: ignore[union-attr]
+                await self._node.stop(timeout)
+                timeout = max(0.0, timeout - (time.monotonic() - started))
             return await shutdown(core, ingress, drain=drain, timeout=timeout, started=started)
         finally:
             if self._durable is not None:
@@ -320,6 +345,7 @@ class Runtime:
         interrupt: bool = False,
         clear: bool = False,
         ttl: float | None = None,
+        msg_id: str | None = None,
     ) -> None:
         """Send `message` to `key`'s actor; returns once accepted. Thread-safe.
 
@@ -335,11 +361,15 @@ class Runtime:
             MailboxFull: the key's mailbox (or the runtime-wide bound) is full,
                 counting messages other threads have in transit.
             RuntimeStopped: the runtime is not running.
+
+        `msg_id` (a str, e.g. the platform's update id) makes a duplicate a no-op in
+        cluster mode, within the cluster's dedup window; it is checked, and otherwise
+        unused, in one process.
         """
-        if get_ident() == self._loop_thread:
+        if msg_id is None and get_ident() == self._loop_thread:
             self._accept(key, message, priority, interrupt, clear, None, ttl)
         else:
-            self._submit(key, message, priority, interrupt, clear, None, ttl, False)
+            self._route(key, message, priority, interrupt, clear, None, ttl, msg_id)
 
     async def send(
         self,
@@ -350,6 +380,7 @@ class Runtime:
         interrupt: bool = False,
         clear: bool = False,
         ttl: float | None = None,
+        msg_id: str | None = None,
     ) -> None:
         """Like `tell`, and return only once the message is durable (its batch committed).
 
@@ -357,8 +388,13 @@ class Runtime:
         safe. Without a store it returns once the message is accepted. Await it
         on any event loop, in any thread. Raises what `tell` raises, and
         `JournalError` if the journal could not commit it (the message may
-        still be handled by this process, but will not survive it).
+        still be handled by this process, but will not survive it). In cluster mode it
+        returns once Redis has the message.
         """
+        if self._port is not None:
+            await self._port.send(key, message, priority, interrupt, clear, ttl, msg_id)
+            return
+        check_msg_id(msg_id)
         if get_ident() == self._loop_thread:
             self._accept(key, message, priority, interrupt, clear, None, ttl)
             durable = self._durable
@@ -380,6 +416,7 @@ class Runtime:
         interrupt: bool = False,
         clear: bool = False,
         ttl: float | None = None,
+        msg_id: str | None = None,
     ) -> LoopFuture[Any]:
         """Like `tell`, and return a future of the handler's result. Thread-safe.
 
@@ -391,11 +428,32 @@ class Runtime:
         message if its handler has not started (`Dropped("withdrawn")`).
         """
         future: LoopFuture[Any] = LoopFuture(self._loop)
-        if get_ident() == self._loop_thread:
+        if msg_id is None and get_ident() == self._loop_thread:
             self._accept(key, message, priority, interrupt, clear, future, ttl)
         else:
-            self._submit(key, message, priority, interrupt, clear, future, ttl, False)
+            self._route(key, message, priority, interrupt, clear, future, ttl, msg_id)
         return future
+
+    def _route(
+        self,
+        key: Any,
+        message: Any,
+        priority: Any,
+        interrupt: Any,
+        clear: Any,
+        reply_to: Any,
+        ttl: Any,
+        msg_id: Any,
+    ) -> None:
+        """A call with a `msg_id`, or from another thread."""
+        if self._port is not None:
+            self._port.submit(key, message, priority, interrupt, clear, reply_to, ttl, msg_id)
+            return
+        check_msg_id(msg_id)
+        if get_ident() == self._loop_thread:
+            self._accept(key, message, priority, interrupt, clear, reply_to, ttl)
+        else:
+            self._submit(key, message, priority, interrupt, clear, reply_to, ttl, False)
 
     def _submit(
         self,
@@ -436,6 +494,9 @@ class Runtime:
         ttl: float | None = None,
     ) -> None:
         """`Context.tell`: on the loop, or from a blocking handler's pool thread."""
+        if self._port is not None:
+            self._port.submit(key, message, priority, interrupt, clear, None, ttl)
+            return
         if get_ident() == self._loop_thread:
             core: _Core = self._core  # type: ignore[assignment]
             core.handler_tell(key, message, priority, interrupt, clear, ttl)
@@ -458,7 +519,10 @@ class Runtime:
         return self._on_loop(self._stats)
 
     def _stats(self) -> dict[str, Any]:
-        return stats_of(self._core, self._state, self._durable)
+        out = stats_of(self._core, self._state, self._durable)
+        if self._node is not None:
+            out["cluster"] = self._node.stats()
+        return out
 
     def pending(self, key: str | int) -> int:
         """How many messages wait for `key` (0 for an unknown key)."""

@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Any
 
 from actors._codec import Codec
 from actors._sqlite_journal import SQLiteJournal
+from supervisors._cluster import RedisCluster
 from supervisors._durable import Durable
 
 if TYPE_CHECKING:
@@ -20,7 +21,7 @@ if TYPE_CHECKING:
 
     from actors._journal import Journal
 
-__all__ = ["check_store", "open_store"]
+__all__ = ["check_cluster", "check_store", "open_store"]
 
 # What a store must have: the `actors.Journal` protocol's methods.
 _JOURNAL_METHODS = (
@@ -70,3 +71,16 @@ def open_store(
     """The runtime's `Durable` on `store`, opening the SQLite journal at a path."""
     journal: Journal = SQLiteJournal(store) if isinstance(store, str) else store
     return Durable(journal, codec, loop, log)
+
+
+def check_cluster(cluster: Any, store: Any) -> RedisCluster | None:
+    """Validate `cluster` (a `RedisCluster` or None); a cluster keeps no local store."""
+    if cluster is None:
+        return None
+    if not isinstance(cluster, RedisCluster):
+        msg = f"cluster must be a supervisors.RedisCluster, got {cluster!r}"
+        raise TypeError(msg)
+    if store is not None:
+        msg = "store= and cluster= cannot be combined: in cluster mode Redis keeps the messages"
+        raise ValueError(msg)
+    return cluster

@@ -1,10 +1,11 @@
-"""Shared fixtures: virtual time, loop-error guard, structlog hygiene, hypothesis profile."""
+"""Shared fixtures: virtual time, Redis, loop-error guard, structlog hygiene, hypothesis profile."""
 
 from __future__ import annotations
 
 import asyncio
 import inspect
 import os
+from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -13,6 +14,7 @@ from hypothesis import HealthCheck, settings
 
 import actors
 from actors.testing import FakeClock
+from supervisors.testing import RedisServer, flush_database, redis_server_from_env
 
 if os.environ.get("INORDER_EXPECT_COMPILED") and not actors.COMPILED:
     # `make pytest-compiled` must never pass by quietly testing the pure-Python sources.
@@ -60,3 +62,19 @@ def _reset_structlog() -> Any:
 @pytest.fixture(name="clock")
 def _clock() -> FakeClock:
     return FakeClock()
+
+
+@pytest.fixture(scope="session")
+def redis_server() -> Iterator[RedisServer]:
+    """The session's Redis, started when a test first asks: INORDER_REDIS_URL's server if
+    that is set, else an EmbeddedRedis (supervisors.testing), stopped after the last test.
+    Shared: a test that stops, kills or restarts a server starts an EmbeddedRedis of its own."""
+    with redis_server_from_env() as server:
+        yield server
+
+
+@pytest.fixture
+def redis_url(redis_server: RedisServer) -> str:
+    """The session server's URL, its database emptied (FLUSHDB) before the test."""
+    flush_database(redis_server.url)
+    return redis_server.url

@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import json
 import math
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -19,13 +20,15 @@ from typing import Any
 
 import pytest
 
+from benchmarks import _durable
 from benchmarks._failures import NO_FAILURE
 from benchmarks._peers import INTERRUPT, AsyncioQueuePeer, LockPeer, PromiseQueuePeer
 from benchmarks._pykka_peer import PykkaThreadPeer
 from benchmarks._scenarios import SUBJECT, Params, all_scenarios, size_label
+from benchmarks._sqlite_peer import SQLitePerMessagePeer
 
 ROOT = Path(__file__).resolve().parent.parent
-PEERS = [AsyncioQueuePeer, PromiseQueuePeer, LockPeer, PykkaThreadPeer]
+PEERS = [AsyncioQueuePeer, PromiseQueuePeer, LockPeer, PykkaThreadPeer, SQLitePerMessagePeer]
 
 
 def _positive(value: Any) -> bool:
@@ -133,6 +136,78 @@ def test_quick_run_measures_keys_that_fail_once(quick_results: dict[str, Any]) -
         assert _positive(case["ratios"][NO_FAILURE]), case["case"]
     (check,) = scenario["checks"]
     assert _positive(check["measured"])
+
+
+@pytest.mark.timeout(150)
+def test_quick_run_measures_the_journal(quick_results: dict[str, Any]) -> None:
+    """durable (issue 9): every size and the send case, three columns, sane extras."""
+    (scenario,) = [s for s in quick_results["scenarios"] if s["name"] == "durable"]
+    sizes = Params.for_quick().users
+    cases = [_durable.throughput_case(n) for n in sizes] + [_durable.send_case()]
+    assert [c["case"] for c in scenario["cases"]] == cases
+    for case in scenario["cases"]:
+        results, where = case["results"], case["case"]
+        assert set(results) == set(_durable.COLUMNS), where
+        assert all(_positive(r["value"]) for r in results.values()), where
+        assert set(case["ratios"]) == {_durable.IN_MEMORY, _durable.PEER}, where
+        assert all(_positive(r) for r in case["ratios"].values()), where
+        durable = results[SUBJECT]["extra"]
+        assert durable["left_in_journal"] == 0, where  # every message acknowledged
+        assert durable["closed_by_runtime"] == 1, where
+    send = scenario["cases"][-1]["results"]
+    for column, result in send.items():
+        extra = result["extra"]
+        assert extra["p50_ms"] <= result["value"] <= extra["max_ms"], column
+        assert extra["samples"] == _durable.SEND_RATE * _durable.QUICK_SEND_SECONDS, column
+        assert _positive(extra["achieved_msg_per_s"]), column
+    throughput = scenario["cases"][0]["results"][SUBJECT]["extra"]
+    assert throughput["commits"] >= 1
+    assert throughput["settled_s"] >= throughput["seconds"] > 0
+    assert [c["measured"] is not None for c in scenario["checks"]] == [True] * 3
+
+
+@pytest.mark.parametrize("column", [*_durable.COLUMNS, _durable.STUB])
+async def test_durable_measurements_clean_up_their_files(column: str, tmp_path: Path) -> None:
+    """Each column's journal or database lives in a temporary directory, removed after."""
+    rate, extra = await _durable.tell_throughput(
+        column, users=20, messages=400, directory=str(tmp_path)
+    )
+    assert rate > 0
+    assert extra["messages"] == 400
+    assert os.listdir(tmp_path) == []
+    p99, latency = await _durable.send_latency(
+        column, rate=500, users=10, seconds=0.1, directory=str(tmp_path)
+    )
+    assert 0 < latency["p50_ms"] <= p99 <= latency["max_ms"]
+    assert latency["samples"] == 50
+    assert os.listdir(tmp_path) == []
+    if column == SUBJECT:
+        assert extra["left_in_journal"] == latency["left_in_journal"] == 0
+
+
+async def test_sqlite_peer_keeps_a_row_per_message_until_handled(tmp_path: Path) -> None:
+    """The peer journals by hand: a committed row from tell until the handler has run."""
+    rows: list[int] = []
+    release = asyncio.Event()
+
+    async def handler(key: str, message: int) -> int:
+        rows.append(peer.rows())
+        await release.wait()
+        return message
+
+    peer = SQLitePerMessagePeer(handler, directory=str(tmp_path))
+    async with peer:
+        await peer.send("a", 1)
+        peer.tell("b", 2)
+        reply = peer.ask("a", 3)
+        assert peer.rows() == 3
+        release.set()
+        assert await reply == 3
+        assert peer.rows() == 0
+        assert peer.path.parent.parent == tmp_path
+    assert len(rows) == 3
+    assert rows[0] == 3  # all three committed before the first handler ran
+    assert os.listdir(tmp_path) == []
 
 
 # -- the peers are fair baselines ------------------------------------------------

@@ -1,0 +1,116 @@
+"""The cluster's Lua scripts: every state-changing step of a shard, fenced by its lease.
+
+A shard K has, under the namespace `ns` and the hash tag `{ns:K}` (so a shard's
+keys share one Redis Cluster slot):
+
+* `lease`: the owner's token `node|epoch`, with a TTL (`SET PX`);
+* `epoch`: the fencing counter, incremented by every acquisition, never deleted;
+* `q` and `qp`: the streams of the shard's messages of priority 0 and > 0, with
+  the consumer group `rt` (a consumer per ownership: the token);
+* `done`: msg_id -> commit time, the dedup window;
+* `dlq`: the shard's dead letters; `log`: ownership events (capped).
+
+Every script that reads into the group, claims, acknowledges, replies or
+dead-letters first checks `GET lease == token` and fails with `FENCED`
+otherwise, so a paused process that lost its lease changes nothing (Kleppmann's
+fencing tokens; the lease and the data are in one Redis, so the check is exact).
+User keys are never part of a Redis key name: they travel inside entries.
+
+Scripts are registered once per client (redis-py's `register_script`) and
+called by digest (`EVALSHA`, reloaded transparently after a server restart).
+"""
+
+from __future__ import annotations
+
+from typing import Final
+
+__all__ = ["ACQUIRE", "CLAIM", "COMMIT", "READ", "RELEASE", "RENEW"]
+
+#: KEYS: lease, epoch, log, q, qp. ARGV: node, ttl_ms.
+#: Take a free lease: a new epoch, the token `node|epoch`; the consumer group is
+#: created with the streams if needed. Returns the token, or false if the lease is held.
+ACQUIRE: Final = """
+if redis.call('EXISTS', KEYS[1]) == 1 then return false end
+local epoch = redis.call('INCR', KEYS[2])
+local token = ARGV[1] .. '|' .. epoch
+redis.call('SET', KEYS[1], token, 'PX', ARGV[2])
+for _, stream in ipairs({KEYS[4], KEYS[5]}) do
+  local ok = pcall(redis.call, 'XGROUP', 'CREATE', stream, 'rt', '0', 'MKSTREAM')
+end
+redis.call('XADD', KEYS[3], 'MAXLEN', '~', 1000, '*', 'ev', 'acquire', 'token', token)
+return token
+"""
+
+#: KEYS: the leases. ARGV: ttl_ms, then one token per lease.
+#: Extend every lease still held by its token; returns 1 (renewed) or 0 per lease.
+RENEW: Final = """
+local out = {}
+for i, lease in ipairs(KEYS) do
+  if redis.call('GET', lease) == ARGV[i + 1] then
+    redis.call('PEXPIRE', lease, ARGV[1])
+    out[i] = 1
+  else
+    out[i] = 0
+  end
+end
+return out
+"""
+
+#: KEYS: lease, log. ARGV: token. Give the lease up (after a drain); 1 if it was held.
+RELEASE: Final = """
+if redis.call('GET', KEYS[1]) ~= ARGV[1] then return 0 end
+redis.call('DEL', KEYS[1])
+redis.call('XADD', KEYS[2], 'MAXLEN', '~', 1000, '*', 'ev', 'release', 'token', ARGV[1])
+return 1
+"""
+
+#: KEYS: lease, qp, q. ARGV: token, count, id_qp, id_q ('>' for new entries, '0' for
+#: this consumer's own pending ones). A fenced XREADGROUP (non-blocking: BLOCK is
+#: refused in scripts; the node waits with a plain XREAD, which changes nothing).
+READ: Final = """
+if redis.call('GET', KEYS[1]) ~= ARGV[1] then return redis.error_reply('FENCED') end
+return redis.call('XREADGROUP', 'GROUP', 'rt', ARGV[1], 'COUNT', ARGV[2],
+  'STREAMS', KEYS[2], KEYS[3], ARGV[3], ARGV[4])
+"""
+
+#: KEYS: lease, stream. ARGV: token, cursor, count. Move pending entries of earlier
+#: owners into this owner's consumer (ids only); returns [next_cursor, ids].
+CLAIM: Final = """
+if redis.call('GET', KEYS[1]) ~= ARGV[1] then return redis.error_reply('FENCED') end
+local r = redis.call('XAUTOCLAIM', KEYS[2], 'rt', ARGV[1], 0, ARGV[2], 'COUNT', ARGV[3], 'JUSTID')
+return {r[1], r[2]}
+"""
+
+#: KEYS: lease, qp, q, done, dlq, then the reply lists named by the items.
+#: ARGV: token, now_ms, dedup window ms, then per item 6 values: stream (0: qp, 1: q),
+#: entry id, msg_id or '', reply list index into KEYS (0: none), reply payload,
+#: dead-letter payload or ''. Atomically, per item: the dedup mark, the ask's reply,
+#: the dead letter; then the acknowledgements, and the entries are deleted (acked
+#: entries are never read again: the streams stay as long as the backlog). A crash can
+#: therefore never acknowledge an ask without its reply.
+COMMIT: Final = """
+if redis.call('GET', KEYS[1]) ~= ARGV[1] then return redis.error_reply('FENCED') end
+local now = tonumber(ARGV[2])
+redis.call('ZREMRANGEBYSCORE', KEYS[4], '-inf', now - tonumber(ARGV[3]))
+local acks = {{}, {}}
+for i = 4, #ARGV, 6 do
+  local stream, id, msg_id = tonumber(ARGV[i]), ARGV[i + 1], ARGV[i + 2]
+  local reply, payload, dead = tonumber(ARGV[i + 3]), ARGV[i + 4], ARGV[i + 5]
+  if msg_id ~= '' then redis.call('ZADD', KEYS[4], now, msg_id) end
+  if reply > 0 then
+    redis.call('LPUSH', KEYS[reply], payload)
+    redis.call('PEXPIRE', KEYS[reply], 60000)
+  end
+  if dead ~= '' then
+    redis.call('XADD', KEYS[5], 'MAXLEN', '~', 10000, '*', 'd', dead)
+  end
+  table.insert(acks[stream + 1], id)
+end
+for s = 1, 2 do
+  if #acks[s] > 0 then
+    redis.call('XACK', KEYS[s + 1], 'rt', unpack(acks[s]))
+    redis.call('XDEL', KEYS[s + 1], unpack(acks[s]))
+  end
+end
+return #acks[1] + #acks[2]
+"""

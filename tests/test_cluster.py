@@ -1,0 +1,256 @@
+"""Cluster mode on a real Redis (the embedded server of supervisors.testing), in one process.
+
+Several `Runtime`s with `cluster=` on one event loop are several nodes: they share the
+server and split the shards. Crashes of real processes are in test_cluster_chaos.py.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator
+from typing import Any
+
+import pytest
+
+from actors import Context, FutureTimeout, RecordedError, UserActor
+from supervisors import Directive, RedisCluster, RestartPolicy, Runtime
+
+pytestmark = pytest.mark.timeout(60)
+
+SEEN: list[tuple[str, Any, Any, int, bool]] = []  # (node, key, message, attempt, redelivered)
+GATE: dict[str, asyncio.Event] = {}
+
+
+class Bot(UserActor):
+    decider = staticmethod(lambda error: Directive.RESUME)
+
+    async def on_message(self, message: Any, ctx: Context) -> Any:
+        SEEN.append(
+            (NODE.get(id(ctx._cell.host), "?"), ctx.key, message, ctx.attempt, ctx.redelivered)
+        )
+        if message == "boom":
+            raise ValueError("boom")
+        if message == "block":
+            await GATE["open"].wait()
+        return message
+
+
+NODE: dict[int, str] = {}
+
+
+@pytest.fixture(autouse=True)
+def _fresh() -> None:
+    SEEN.clear()
+    GATE.clear()
+    GATE["open"] = asyncio.Event()
+
+
+def config(url: str, **overrides: Any) -> RedisCluster:
+    options: dict[str, Any] = {
+        "n_shards": 8,
+        "lease_ttl": 1.0,
+        "tick": 0.1,
+        "member_ttl": 0.5,
+        "join_grace": 0.0,
+        "ask_timeout": 5.0,
+        "handoff_timeout": 2.0,
+    }
+    options.update(overrides)
+    return RedisCluster(url, **options)
+
+
+@contextlib.asynccontextmanager
+async def node(url: str, name: str, **overrides: Any) -> AsyncIterator[Runtime]:
+    rt = Runtime(
+        Bot,
+        cluster=config(url, **overrides),
+        idle_timeout=None,
+        restart=RestartPolicy(max_retries=0),
+    )
+    await rt.start()
+    NODE[id(rt._core)] = name
+    try:
+        yield rt
+    finally:
+        if rt.stats()["state"] == "running":
+            await rt.stop()
+
+
+async def until(predicate: Any, seconds: float = 10.0) -> None:
+    """Poll (a hang detector, not a timing): the cluster's own ticks move things."""
+    for _ in range(int(seconds / 0.01)):
+        if predicate():
+            return
+        await asyncio.sleep(0.01)
+    raise AssertionError("condition not reached")
+
+
+def owned(rt: Runtime) -> list[int]:
+    return list(rt.stats()["cluster"]["shards_owned"])
+
+
+def handled(key: Any) -> list[Any]:
+    return [m for _, k, m, _, _ in SEEN if k == key]
+
+
+async def test_one_node_owns_every_shard_and_keeps_order(redis_url: str) -> None:
+    async with node(redis_url, "a") as rt:
+        await until(lambda: len(owned(rt)) == 8)
+        for n in range(300):
+            rt.tell(f"user:{n % 10}", n)
+        assert await rt.ask("user:3", "q") == "q"
+        await until(lambda: len(SEEN) == 301)
+    for k in range(10):
+        assert handled(f"user:{k}")[:30] == list(range(k, 300, 10))
+
+
+async def test_two_nodes_split_the_shards_and_route_to_the_owner(redis_url: str) -> None:
+    async with node(redis_url, "a") as a, node(redis_url, "b") as b:
+        await until(lambda: len(owned(a)) + len(owned(b)) == 8 and owned(a) and owned(b))
+        assert not set(owned(a)) & set(owned(b))
+        for n in range(200):
+            (a if n % 2 else b).tell(f"u{n % 8}", n)
+        answers = await asyncio.gather(*(a.ask(f"u{k}", f"ask{k}") for k in range(8)))
+        assert answers == [f"ask{k}" for k in range(8)]
+        await until(lambda: len(SEEN) == 208)
+        nodes_per_key = {
+            k: {n for n, kk, _, _, _ in SEEN if kk == k} for k in {k for _, k, _, _, _ in SEEN}
+        }
+        assert all(len(v) == 1 for v in nodes_per_key.values())  # one live actor per key
+        assert {n for v in nodes_per_key.values() for n in v} == {"a", "b"}
+        for k in range(8):
+            mine = [m for m in handled(f"u{k}") if isinstance(m, int)]
+            assert mine == sorted(mine)
+
+
+async def test_a_failed_ask_raises_a_clear_error_in_the_caller(redis_url: str) -> None:
+    async with node(redis_url, "a") as rt:
+        await until(lambda: len(owned(rt)) == 8)
+        with pytest.raises(RecordedError, match="ValueError: boom"):
+            await rt.ask("k", "boom")
+
+
+async def test_an_ask_nobody_answers_fails_with_a_timeout(redis_url: str) -> None:
+    async with node(redis_url, "sender", role="sender", ask_timeout=0.3) as rt:
+        with pytest.raises(FutureTimeout, match="no reply"):
+            await rt.ask("k", "nobody owns this shard")
+        assert isinstance(FutureTimeout("x"), TimeoutError)
+
+
+async def test_a_sender_only_process_reaches_the_nodes(redis_url: str) -> None:
+    async with node(redis_url, "a") as a, node(redis_url, "front", role="sender") as front:
+        await until(lambda: len(owned(a)) == 8)
+        await front.send("k", 1)
+        assert await front.ask("k", 2) == 2
+        await until(lambda: handled("k") == [1, 2])
+        assert owned(front) == []
+
+
+async def test_msg_id_makes_a_duplicate_a_no_op(redis_url: str) -> None:
+    async with node(redis_url, "a") as rt:
+        await until(lambda: len(owned(rt)) == 8)
+        for _ in range(3):
+            await rt.send("k", "update-1", msg_id="tg-1")
+        await rt.send("k", "update-2", msg_id="tg-2")
+        await until(lambda: "update-2" in handled("k"))
+        await asyncio.sleep(0.2)
+        assert handled("k").count("update-1") == 1
+        assert rt.stats()["cluster"]["duplicates"] >= 1
+
+
+async def test_graceful_stop_hands_shards_over_without_redelivery(redis_url: str) -> None:
+    async with node(redis_url, "a") as a:
+        await until(lambda: len(owned(a)) == 8)
+        async with node(redis_url, "b") as b:
+            await until(lambda: len(owned(b)) > 0)
+            for n in range(400):
+                a.tell(f"u{n % 16}", n)
+            await b.stop()  # drains what it holds, releases; "a" takes over
+            await until(lambda: len(owned(a)) == 8)
+            await until(lambda: len([s for s in SEEN if isinstance(s[2], int)]) >= 400)
+            await asyncio.sleep(0.2)
+    ints = [s for s in SEEN if isinstance(s[2], int)]
+    assert sorted(m for _, _, m, _, _ in ints) == list(range(400))  # each exactly once
+    assert not any(r for _, _, _, _, r in ints)
+    for k in range(16):
+        mine = handled(f"u{k}")
+        assert mine == sorted(mine)
+
+
+async def test_a_dead_node_s_shards_are_taken_over_and_its_pending_replayed(redis_url: str) -> None:
+    """A node that stops renewing (its tasks die, as in a crash) loses its shards after the
+    lease; the survivor replays what it held, in order, as redeliveries."""
+    async with node(redis_url, "a") as a:
+        await until(lambda: len(owned(a)) == 8)
+        b = Runtime(Bot, cluster=config(redis_url), idle_timeout=None)
+        await b.start()
+        NODE[id(b._core)] = "b"
+        await until(lambda: len(owned(b)) > 0)
+        victim = next(k for k in (f"v{n}" for n in range(100)) if _shard(k) in owned(b))
+        a.tell(victim, "block")
+        for n in range(5):
+            a.tell(victim, n)
+        await until(lambda: handled(victim) == ["block"])
+        # "b" dies: its tasks end without releasing anything.
+        for task in b._node._tasks:  # type: ignore[union-attr]
+            task.cancel()
+        await until(lambda: len(owned(a)) == 8, seconds=10)
+        GATE["open"].set()
+        await until(lambda: handled(victim)[-5:] == [0, 1, 2, 3, 4], seconds=10)
+        await b.stop(drain=False)
+        on_a = [(m, att, r) for n, k, m, att, r in SEEN if k == victim and n == "a"]
+        assert on_a[0][0] == "block"
+        assert on_a[0][2]
+        assert [m for m, _, _ in on_a] == ["block", 0, 1, 2, 3, 4]
+        assert a.stats()["cluster"]["takeovers"] >= 1
+
+
+def _shard(key: str) -> int:
+    from supervisors._shards import shard_of
+
+    return shard_of(key, 8)
+
+
+async def test_a_node_that_lost_its_lease_is_fenced(redis_url: str) -> None:
+    """A paused node (its renewals stopped) whose lease another node took: its commits
+    are refused (FENCED, counted) and it drops the shard."""
+    async with node(redis_url, "a", lease_ttl=0.6, tick=0.1) as a:
+        await until(lambda: len(owned(a)) == 8)
+        victim = "fence-me"
+        a.tell(victim, "block")
+        await until(lambda: handled(victim) == ["block"])
+        tick = a._node._tasks[2]  # type: ignore[union-attr]  # the membership tick: no renewals
+        tick.cancel()
+        async with node(redis_url, "b", lease_ttl=0.6, tick=0.1) as b:
+            await until(lambda: _shard(victim) in owned(b), seconds=10)
+            GATE["open"].set()  # "a" finishes its handler late: its commit is fenced
+            await until(lambda: a.stats()["cluster"]["fenced"] >= 1, seconds=10)
+            assert _shard(victim) not in owned(a)
+            await until(
+                lambda: [n for n, k, m, _, _ in SEEN if k == victim] == ["a", "b"], seconds=10
+            )
+
+
+async def test_bad_arguments_fail_at_the_call(redis_url: str) -> None:
+    with pytest.raises(ValueError, match="url"):
+        RedisCluster("http://x")
+    with pytest.raises(ValueError, match="namespace"):
+        RedisCluster(redis_url, namespace="a b")
+    with pytest.raises(ValueError, match="tick"):
+        RedisCluster(redis_url, tick=5, lease_ttl=6)
+    with pytest.raises(ValueError, match="combined"):
+        Runtime(Bot, cluster=RedisCluster(redis_url), store="x.db")
+    assert "secret" not in repr(RedisCluster("redis://user:secret@127.0.0.1:1/0"))
+    async with node(redis_url, "a") as rt:
+        with pytest.raises(TypeError, match="msg_id"):
+            rt.tell("k", 1, msg_id=5)  # type: ignore[arg-type]
+        with pytest.raises(Exception, match="encode"):
+            rt.tell("k", object())
+
+
+async def test_a_node_with_another_shard_count_refuses_to_start(redis_url: str) -> None:
+    async with node(redis_url, "a"):
+        rt = Runtime(Bot, cluster=config(redis_url, n_shards=16))
+        with pytest.raises(ValueError, match="shards"):
+            await rt.start()
