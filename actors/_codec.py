@@ -251,7 +251,18 @@ class Codec(CodecFormat):
         accepted_at = _int_to_float(accepted_at, "accepted_at")
         expires_at = _int_to_float(expires_at, "expires_at")
         _check_envelope_fields(key, priority, attempt, accepted_at, msg_id, expires_at)
-        body = self._encode(message, "message")
+        t = type(message)
+        if (
+            t is str
+            or t is bytes
+            or t is float
+            or t is bool
+            or message is None
+            or (t is int and INT_MIN <= message <= INT_MAX)
+        ):
+            body = packb(message)  # a scalar: nothing to walk (the common chat message)
+        else:
+            body = self._encode(message, "message")
         record = packb(
             [ENVELOPE_VERSION, key, priority, attempt, accepted_at, msg_id, body, expires_at]
         )

@@ -10,6 +10,7 @@ format itself is described there.
 
 from __future__ import annotations
 
+import threading
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any, Final, final
@@ -310,10 +311,20 @@ class CodecFormat:
 # -- helpers ---------------------------------------------------------------------------
 
 
+_local = threading.local()
+
+
 def packb(tree: Any) -> bytes:
+    """Pack what `_tree` made, with a packer kept per thread (creating one per value
+    costs more than packing a small message)."""
     try:
-        data: bytes = msgpack.packb(tree, use_bin_type=True)
+        packer = _local.packer
+    except AttributeError:
+        packer = _local.packer = msgpack.Packer(use_bin_type=True)
+    try:
+        data: bytes = packer.pack(tree)
     except Exception as exc:  # not expected: _tree hands over only what msgpack packs
+        del _local.packer  # its buffer may hold a partial value
         raise CodecError(f"msgpack refused the value: {exc!r}") from exc
     return data
 
