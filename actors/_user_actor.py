@@ -261,6 +261,28 @@ class Context:
         return current.redelivered if current is not None else False
 
     @property
+    def message_id(self) -> str | None:
+        """Cluster mode: the message's `msg_id` as sent (None if it was sent without one)."""
+        return self._about()[0]
+
+    @property
+    def epoch(self) -> int | None:
+        """Cluster mode: the fencing epoch of this node's lease on the key's shard.
+
+        It increases with every change of owner: an external system can refuse a write
+        stamped with an epoch older than the last it saw (a paused node's late write).
+        None in one process.
+        """
+        return self._about()[1]
+
+    def _about(self) -> tuple[str | None, int | None]:
+        current = self._cell.current
+        if current is None or not current.seq:
+            return None, None
+        describe = getattr(getattr(self._cell.host, "tracker", None), "describe", None)
+        return describe(current.seq) if describe is not None else (None, None)
+
+    @property
     def log(self) -> Any:
         """A structlog logger bound to `key` (created on first use)."""
         if self._log is None:

@@ -696,6 +696,13 @@ class ClusterNode:
         self._queue_commit(item)
         return None
 
+    def describe(self, seq: int) -> tuple[str | None, int | None]:
+        """(msg_id, fencing epoch) of a message this node runs (`ctx.message_id`, `ctx.epoch`)."""
+        item = self.inflight.get(seq)
+        if item is None:
+            return None, None
+        return item.msg_id or None, int(item.shard.token.rsplit("|", 1)[1])
+
     def forget_dead_letters(self, ids: list[int]) -> None:
         """Dead letters live in the shards' streams in Redis: nothing kept here."""
 

@@ -16,7 +16,7 @@ import uuid
 from threading import get_ident
 from typing import TYPE_CHECKING, Any
 
-from actors._errors import RuntimeStopped
+from actors._errors import CodecError, RuntimeStopped
 from supervisors._core import check_call
 
 if TYPE_CHECKING:
@@ -44,7 +44,7 @@ def check_msg_id(msg_id: Any) -> None:
 class ClusterPort:
     """The facade's sending side in cluster mode (any thread; the node runs on the loop)."""
 
-    __slots__ = ("_codec", "_loop", "_loop_thread", "_node", "ask_timeout", "open")
+    __slots__ = ("_codec", "_loop", "_loop_thread", "_max_payload", "_node", "ask_timeout", "open")
 
     def __init__(self, node: ClusterNode, codec: Codec, loop: asyncio.AbstractEventLoop) -> None:
         self._node = node
@@ -52,6 +52,7 @@ class ClusterPort:
         self._loop = loop
         self._loop_thread = get_ident()
         self.ask_timeout = node.config.ask_timeout
+        self._max_payload = node.config.max_payload
         self.open = True
 
     def _encode(
@@ -77,6 +78,12 @@ class ClusterPort:
         data = self._codec.encode_envelope(
             key, message, priority=priority, accepted_at=now, msg_id=msg_id, expires_at=deadline
         )
+        if len(data) > self._max_payload:
+            msg = (
+                f"message too large for the cluster: {len(data)} bytes encoded, "
+                f"max_payload is {self._max_payload}"
+            )
+            raise CodecError(msg)
         return data, (1 if interrupt else 0) | (2 if clear else 0)
 
     def accept(

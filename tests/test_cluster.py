@@ -254,3 +254,26 @@ async def test_a_node_with_another_shard_count_refuses_to_start(redis_url: str) 
         rt = Runtime(Bot, cluster=config(redis_url, n_shards=16))
         with pytest.raises(ValueError, match="shards"):
             await rt.start()
+
+
+class Stamped(UserActor):
+    async def on_message(self, message: Any, ctx: Context) -> Any:
+        return (ctx.message_id, ctx.epoch)
+
+
+async def test_handlers_see_the_message_id_and_the_fencing_epoch(redis_url: str) -> None:
+    rt = Runtime(Stamped, cluster=config(redis_url), idle_timeout=None)
+    async with rt:
+        await until(lambda: len(owned(rt)) == 8)
+        msg_id, epoch = await rt.ask("k", 1, msg_id="update-77")
+        assert msg_id == "update-77"
+        assert isinstance(epoch, int)
+        assert epoch >= 1
+        assert (await rt.ask("k", 2))[0] is None
+
+
+async def test_a_message_over_max_payload_is_refused_at_the_call(redis_url: str) -> None:
+    async with node(redis_url, "a", max_payload=100) as rt:
+        with pytest.raises(Exception, match="max_payload"):
+            rt.tell("k", "x" * 200)
+        rt.tell("k", "small")
