@@ -154,18 +154,25 @@ class ClusterNode:
 
     # -- lifecycle --------------------------------------------------------------------------
 
-    async def start(self, core: _Core | None) -> None:
-        """Connect, check the namespace, start the tasks (`core` None: a sender only)."""
+    async def connect(self) -> None:
+        """Connect and check the namespace's shard count (before anything else starts).
+
+        Raises `ImportError` without the `redis` extra, redis-py's `ConnectionError`
+        if the server cannot be reached, `ValueError` on a shard count mismatch.
+        """
         try:
             import redis.asyncio as aioredis
         except ImportError as exc:  # the optional extra
             msg = "the cluster mode needs redis-py: pip install 'inorder[redis]'"
             raise ImportError(msg) from exc
-        self.core = core
         self.client = aioredis.Redis.from_url(self.config.url, max_connections=32)
         config_key = f"{self.ns}:config"
-        await self.client.hsetnx(config_key, "n_shards", self.config.n_shards)
-        stored = int(await self.client.hget(config_key, "n_shards"))
+        try:
+            await self.client.hsetnx(config_key, "n_shards", self.config.n_shards)
+            stored = int(await self.client.hget(config_key, "n_shards"))
+        except BaseException:
+            await self.client.aclose()
+            raise
         if stored != self.config.n_shards:
             await self.client.aclose()
             msg = (
@@ -180,6 +187,10 @@ class ClusterNode:
         self._read = c.register_script(scripts.READ)
         self._claim = c.register_script(scripts.CLAIM)
         self._commit = c.register_script(scripts.COMMIT)
+
+    def run(self, core: _Core | None) -> None:
+        """Start the tasks (`core` None: a sender only, which runs no actors)."""
+        self.core = core
         self._started_at = time.monotonic()
         self._last_renew = self._started_at
         spawn = self.loop.create_task
@@ -657,7 +668,14 @@ class ClusterNode:
     # -- outcomes (the router's tracker and the outcomes' journal hook) ----------------------
 
     def started(self, envelope: Envelope) -> None:
-        """Nothing to record: Redis's delivery count is the attempt."""
+        """A handler starts: nothing to record (Redis's delivery count is the attempt),
+        unless the node could not renew its leases for too long (a pause, a partition):
+        then it fences itself first, so that what still waits here does not run beside
+        the shards' next owner."""
+        if self.owned and time.monotonic() - self._last_renew > 0.8 * self.config.lease_ttl:
+            self.log.error("cluster_self_fenced", shards=len(self.owned))
+            for shard in list(self.owned.values()):
+                self._lose(shard, "self-fenced")
 
     def ack(self, envelope: Envelope) -> None:
         item = self.inflight.pop(envelope.seq, None)

@@ -175,8 +175,13 @@ class Runtime:
         loop = asyncio.get_running_loop()
         clock = self._clock if self._clock is not None else LoopClock(loop)
         log = library_logger(self._log_level)
-        # First, so that a journal that cannot be opened leaves nothing started.
+        # First, so that a journal that cannot be opened (or a Redis that cannot be
+        # reached) leaves nothing started.
         durable = None if self._store is None else open_store(self._store, self._codec, loop, log)
+        node = None
+        if self._cluster is not None:
+            node = ClusterNode(self._cluster, self._codec, loop, log)
+            await node.connect()
         core = assemble(
             loop,
             clock,
@@ -198,8 +203,8 @@ class Runtime:
         self._loop = loop
         self._loop_thread = threading.get_ident()
         self._done = asyncio.Event()
-        if self._cluster is not None:
-            await self._join(self._cluster, core, log)
+        if node is not None:
+            self._join(node, core)
         if durable is not None:
             # Before anything new is accepted: a key's replayed messages come first.
             for letter in durable.restore_dead_letters(self._options.dead_letter_limit):
@@ -262,12 +267,11 @@ class Runtime:
         task = core.loop.create_task(self._shutdown(drain, timeout))
         task.add_done_callback(lambda t: _resolve(future, t))
 
-    async def _join(self, cluster: RedisCluster, core: _Core, log: Any) -> None:
-        """Cluster mode: connect this node, and send every message through Redis."""
-        node = ClusterNode(cluster, self._codec, core.loop, log)
-        if cluster.role == "node":
+    def _join(self, node: ClusterNode, core: _Core) -> None:
+        """Cluster mode: run this node, and send every message through Redis."""
+        if node.config.role == "node":
             core.tracker = core.outcomes.journal = node
-        await node.start(core if cluster.role == "node" else None)
+        node.run(core if node.config.role == "node" else None)
         self._node = node
         self._port = ClusterPort(node, self._codec, core.loop)
         self._accept = self._port.accept
@@ -279,7 +283,7 @@ class Runtime:
         try:
             if self._node is not None:  # hand the shards off first: drained, nothing redelivered
                 self._port.open = False  # type: ignore[union-attr]
-                await self._node.stop(timeout)
+                await self._node.stop(timeout if drain else 0.0)
                 timeout = max(0.0, timeout - (time.monotonic() - started))
             return await shutdown(core, ingress, drain=drain, timeout=timeout, started=started)
         finally:

@@ -210,7 +210,9 @@ class EmbeddedRedis:
 
     `stop()`, `kill()` and `restart()` act on the process by its PID; at garbage
     collection or interpreter exit a server still running is stopped (SIGTERM,
-    then SIGKILL) and its temporary directory removed.
+    then SIGKILL) and its temporary directory removed. The server stays in the
+    caller's process group, so a signal to the whole group reaches it as well;
+    only a process killed on its own (SIGKILL, `os._exit`) leaves its server behind.
     """
 
     def __init__(
@@ -231,6 +233,7 @@ class EmbeddedRedis:
         self._start_timeout = start_timeout
         self._child = _Child()
         self._finalizer = weakref.finalize(self, self._child.finalize)
+        self._directory_given = directory is not None
         if directory is None:
             self._directory = self._new_directory()
         else:
@@ -307,7 +310,9 @@ class EmbeddedRedis:
             msg = f"the server on port {self._port} is already running"
             raise RuntimeError(msg)
         self._child.halt(graceful=False, timeout=5.0)  # reap one that died on its own
-        if not os.path.isdir(self._directory):
+        if self._directory_given:
+            os.makedirs(self._directory, exist_ok=True)
+        elif not os.path.isdir(self._directory):
             self._directory = self._new_directory()
         self._launch()
 
@@ -391,15 +396,15 @@ class EmbeddedRedis:
         log_path = self.log_path
         with open(log_path, "ab") as log:
             log_start = log.tell()
-            # Its own session: a Ctrl-C at the terminal reaches the test run, whose
-            # teardown then stops the server, not the server in the middle of the tests.
+            # In the test run's process group, not a session of its own: whatever
+            # ends the whole group (a CI time-out, a terminal's Ctrl-C) ends the server
+            # too, where the run's own teardown may never come.
             process = subprocess.Popen(
                 self._arguments(),
                 stdin=subprocess.DEVNULL,
                 stdout=log,
                 stderr=subprocess.STDOUT,
                 cwd=self._directory,
-                start_new_session=True,
             )
         self._child.process = process
         deadline = time.monotonic() + self._start_timeout

@@ -277,3 +277,12 @@ async def test_a_message_over_max_payload_is_refused_at_the_call(redis_url: str)
         with pytest.raises(Exception, match="max_payload"):
             rt.tell("k", "x" * 200)
         rt.tell("k", "small")
+
+
+async def test_an_unreachable_redis_fails_start_and_leaves_nothing_running() -> None:
+    rt = Runtime(Bot, cluster=RedisCluster("redis://127.0.0.1:1/0"))
+    before = set(asyncio.all_tasks())
+    with pytest.raises(Exception, match=r"(?i)connect"):
+        await rt.start()
+    assert set(asyncio.all_tasks()) == before
+    assert rt.stats()["state"] == "new"
