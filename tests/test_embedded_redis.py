@@ -69,6 +69,8 @@ def test_starts_on_loopback_only_with_the_cluster_settings() -> None:
             if conn.status == psutil.CONN_LISTEN
         }
         assert listening == {("127.0.0.1", server.port)}
+        # In the test run's process group: a group kill (a CI time-out) ends it too.
+        assert os.getpgid(server.pid) == os.getpgid(0)
         with client(server) as r:
             assert r.ping()
             info = r.info("server")
