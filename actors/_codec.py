@@ -310,8 +310,10 @@ def _check_envelope_fields(
     key: Any, priority: Any, attempt: Any, accepted_at: Any, msg_id: Any, expires_at: Any
 ) -> None:
     problem = None
-    if not ((type(key) is str and key) or (type(key) is int and INT_MIN <= key <= INT_MAX)):
-        problem = f"key must be a non-empty str or an int, got {type(key).__name__}"
+    if not ((type(key) is str and key) or (type(key) is int and INT_MIN <= key < 2**63)):
+        # A signed 64-bit int, as the journal stores keys: a larger one is refused here,
+        # at the call site, not when the journal is written.
+        problem = f"key must be a non-empty str or an int in -2**63..2**63-1, got {short(key)}"
     elif type(priority) is not int or not 0 <= priority <= INT_MAX:
         problem = f"priority must be an int >= 0, got {short(priority)}"
     elif type(attempt) is not int or not 0 <= attempt <= INT_MAX:

@@ -180,12 +180,12 @@ class SQLiteJournal(JournalWriter):
         accepted) for a key that is not a non-empty str or a 64-bit signed int, or
         data that is not bytes.
         """
-        rows = []
-        for key, data in records:
-            _check_key(key)
+        rows = records if type(records) is list else list(records)
+        for key, data in rows:  # the common case costs two type checks per record
             if type(data) is not bytes:
                 raise ValueError(f"journal records are bytes, got {type(data).__name__}")
-            rows.append((key, data))
+            if type(key) is not str or not key:
+                _check_key(key)
         with self._lock:
             self._check_open()
             if self._queued_rows >= self._max_queued and threading.current_thread() is not (

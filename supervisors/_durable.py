@@ -169,7 +169,7 @@ class Durable:
             if self._acks:
                 acks, self._acks = self._acks, []
                 journal.ack(acks)
-        except JournalError as exc:
+        except Exception as exc:  # a store's own failure, in a loop callback: contained
             self._broke(exc)
         return self._last
 

@@ -192,7 +192,8 @@ VALUES_WITH_OBJECTS = st.recursive(
 )
 ENVELOPES = st.builds(
     EnvelopeRecord,
-    key=st.text(min_size=1, max_size=20) | INT64,
+    # Keys are signed 64-bit ints, as the journal stores them.
+    key=st.text(min_size=1, max_size=20) | st.integers(min_value=-(2**63), max_value=2**63 - 1),
     message=VALUES_WITH_OBJECTS,
     priority=st.integers(min_value=0, max_value=2**64 - 1),
     attempt=st.integers(min_value=0, max_value=100),

@@ -113,6 +113,17 @@ async def test_unencodable_or_oversized_message_is_refused_at_the_call(tmp_path:
     assert LOG == [("k", "fits", 1, False)]
 
 
+async def test_an_int_key_the_journal_cannot_store_is_refused_at_the_call(tmp_path: Path) -> None:
+    async with runtime(tmp_path / "j.db") as rt:
+        with pytest.raises(CodecError, match="key"):
+            rt.tell(2**63, "x")
+        rt.tell(2**63 - 1, "fits")
+        rt.tell(-(2**63), "fits too")
+        await settle(rt)
+        assert ledger_ok(rt.stats())
+    assert journal_counts(tmp_path / "j.db") == (0, 0)
+
+
 def test_unencodable_message_from_another_thread_is_refused_there(tmp_path: Path) -> None:
     with runtime(tmp_path / "j.db") as rt:
         with pytest.raises(CodecError):
