@@ -1,0 +1,158 @@
+"""A cluster node's outcomes: every message's commit, fenced, with its reply.
+
+The router and the outcome book tell the node how each message ended (`ack`,
+`dead_letter`); the node queues a commit, and its commit task writes a batch
+per shard in one fenced script: dedup mark, the ask's reply, the dead letter,
+the acknowledgement, atomically, in completion order (a failed batch is
+retried before any later one). A `FENCED` answer drops the shard.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from typing import TYPE_CHECKING, Any
+
+from actors._errors import CodecError, Dropped
+from supervisors._cluster_state import Item, NodeState, RemoteReply
+
+if TYPE_CHECKING:
+    from actors._mailbox import Envelope
+
+__all__ = ["Commits"]
+
+
+class Commits(NodeState):
+    """Outcomes, commits and replies of a node."""
+
+    def started(self, envelope: Envelope) -> None:
+        """A handler starts: nothing to record (Redis's delivery count is the attempt),
+        unless the node could not renew its leases for too long (a pause, a partition):
+        then it fences itself first, so that what still waits here does not run beside
+        the shards' next owner."""
+        if self.owned and time.monotonic() - self._last_renew > 0.8 * self.config.lease_ttl:
+            self.log.error("cluster_self_fenced", shards=len(self.owned))
+            for shard in list(self.owned.values()):
+                self._lose(shard, "self-fenced")
+
+    def ack(self, envelope: Envelope) -> None:
+        item = self.inflight.pop(envelope.seq, None)
+        envelope.seq = 0
+        if item is not None:
+            self._queue_commit(item)
+
+    def dead_letter(
+        self,
+        key: str | int,
+        envelope: Envelope,
+        reason: str,
+        error: BaseException | None,
+        cause: BaseException | None,
+    ) -> int | None:
+        item = self.inflight.pop(envelope.seq, None)
+        envelope.seq = 0
+        if item is None:
+            return None
+        if reason in ("shutdown", "fenced"):
+            item.shard.inflight -= 1  # stays pending in Redis: its next owner runs it
+            self._live_ids.discard(item.msg_id)
+            return None
+        described = (type(error).__qualname__, str(error)) if error is not None else ("", "")
+        try:
+            item.dead = self.codec.encode_envelope(
+                key,
+                envelope.message,
+                priority=envelope.priority,
+                attempt=envelope.attempt,
+                accepted_at=time.time(),
+            )
+            item.dead = self.codec.dumps((item.dead, reason, *described))
+        except CodecError:
+            item.dead = self.codec.dumps((b"", reason, *described))
+        self._queue_commit(item)
+        return None
+
+    def describe(self, seq: int) -> tuple[str | None, int | None]:
+        """(msg_id, fencing epoch) of a message this node runs (`ctx.message_id`, `ctx.epoch`)."""
+        item = self.inflight.get(seq)
+        if item is None:
+            return None, None
+        return item.msg_id or None, int(item.shard.token.rsplit("|", 1)[1])
+
+    def forget_dead_letters(self, ids: list[int]) -> None:
+        """Dead letters live in the shards' streams in Redis: nothing kept here."""
+
+    def _commit_now(self, item: Item, reason: str) -> None:
+        item.shard.inflight += 1
+        if item.reply_key:
+            item.reply = RemoteReply()
+            item.reply.set_exception(Dropped("?", reason))
+        self._queue_commit(item)
+
+    def _queue_commit(self, item: Item) -> None:
+        self._commits.append(item)
+        self._wake_commits.set()
+
+    async def _commit_loop(self) -> None:
+        while not self._closing:
+            await self._wake_commits.wait()
+            self._wake_commits.clear()
+            batch, self._commits = self._commits, []
+            if batch:
+                await self._flush_commits(batch)
+
+    async def _flush_commits(self, batch: list[Item]) -> None:
+        by_shard: dict[int, list[Item]] = {}
+        for item in batch:
+            by_shard.setdefault(item.shard.index, []).append(item)
+        seconds = time.time()
+        window = int(self.config.dedup_window * 1000)
+        pipe = self.client.pipeline(transaction=False)
+        order = []
+        for index, items in by_shard.items():
+            shard = items[0].shard
+            keys = [self.key(index, n) for n in ("lease", "qp", "q", "done", "dlq")]
+            args: list[Any] = [shard.token, int(seconds * 1000), window]
+            for item in items:
+                reply_index = 0
+                payload = b""
+                if item.reply_key:
+                    keys.append(item.reply_key)
+                    reply_index = len(keys)
+                    payload = self._reply_payload(item)
+                args += [item.stream, item.entry, item.msg_id, reply_index, payload, item.dead]
+            await self._commit(keys=keys, args=args, client=pipe)
+            order.append((shard, items))
+        while True:
+            try:
+                results = await pipe.execute(raise_on_error=False)
+                break
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # Redis unreachable: retried before any later batch
+                self.log.warning("cluster_commit_retry", error=repr(exc))
+                await asyncio.sleep(self.config.tick / 4)
+        for (shard, items), result in zip(order, results, strict=True):
+            shard.inflight -= len(items)
+            for item in items:  # committed (in `done`), or fenced (the next owner checks)
+                if item.msg_id:
+                    self._live_ids.discard(item.msg_id)
+            if isinstance(result, Exception):
+                if "FENCED" in str(result):
+                    self.counts["fenced"] += 1
+                    self._lose(shard, "fenced commit")
+                else:
+                    self.log.error("cluster_commit_failed", shard=shard.index, error=repr(result))
+
+    def _reply_payload(self, item: Item) -> bytes:
+        reply = item.reply
+        if reply is None or not reply.done:
+            return self.codec.dumps((item.corr, False, ("Dropped", "lost", "")))
+        if reply.error is None:
+            try:
+                return self.codec.dumps((item.corr, True, reply.value))
+            except CodecError as exc:
+                return self.codec.dumps((item.corr, False, ("CodecError", str(exc), "")))
+        error = reply.error
+        reason = getattr(error, "reason", "") or ""
+        return self.codec.dumps((item.corr, False, (type(error).__qualname__, str(error), reason)))

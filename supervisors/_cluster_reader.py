@@ -1,0 +1,235 @@
+"""A cluster node's reading: taking a shard over, reading its streams, dispatching.
+
+Taking over: pending entries of earlier owners are claimed into this owner's
+consumer and replayed in stream order (`ctx.redelivered`, the attempt from
+Redis's delivery count) before anything new is read. Reading: one task reads
+every owned shard (fenced, pipelined, `qp` first), drops duplicates by
+`msg_id`, and hands each entry to the key's local actor; when nothing is there
+it waits on a plain blocking `XREAD`, which changes nothing in Redis.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from typing import Any
+
+from actors._errors import CodecError
+from supervisors._cluster_state import Item, NodeState, RemoteReply, Shard, entries_of, reply_of
+
+__all__ = ["Reader"]
+
+
+class Reader(NodeState):
+    """Takeover, reads and dispatch of a node."""
+
+    async def _take_over(self, shard: Shard) -> None:
+        """Claim what earlier owners left pending and replay it in order, then read new."""
+        try:
+            for stream in ("qp", "q"):
+                cursor = b"0-0"
+                while True:
+                    cursor, _ids = await self._claim(
+                        keys=[self.key(shard.index, "lease"), self.key(shard.index, stream)],
+                        args=[shard.token, cursor, 500],
+                    )
+                    if cursor in (b"0-0", "0-0"):
+                        break
+            after_qp = after_q = b"0"
+            while True:
+                result = await self._read(
+                    keys=[self.key(shard.index, n) for n in ("lease", "qp", "q")],
+                    args=[shard.token, self.config.read_count, after_qp, after_q],
+                )
+                entries = entries_of(result)
+                if not any(entries):
+                    break
+                counts = await self._deliveries(shard, entries)
+                for lane, rows in enumerate(entries):
+                    for entry_id, fields in rows:
+                        self._dispatch(shard, lane, entry_id, fields, counts.get(entry_id, 2), True)
+                        self.counts["replayed"] += 1
+                if entries[0]:
+                    after_qp = entries[0][-1][0]
+                if entries[1]:
+                    after_q = entries[1][-1][0]
+            groups = await self._group_positions(shard)
+            shard.last_qp, shard.last_q = groups
+            if self.counts["replayed"]:
+                self.counts["takeovers"] += 1
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            if "FENCED" in str(exc):
+                self.counts["fenced"] += 1
+            self.log.warning("cluster_takeover_failed", shard=shard.index, error=repr(exc))
+            self._lose(shard, "takeover failed")
+            return
+        if shard.phase == "replay":
+            shard.phase = "read"
+        self._wake_reader.set()
+
+    async def _deliveries(
+        self, shard: Shard, entries: list[list[tuple[bytes, dict[bytes, bytes]]]]
+    ) -> dict[bytes, int]:
+        counts: dict[bytes, int] = {}
+        for stream, rows in zip(("qp", "q"), entries, strict=True):
+            if rows:
+                pending = await self.client.xpending_range(
+                    self.key(shard.index, stream),
+                    "rt",
+                    min=rows[0][0],
+                    max=rows[-1][0],
+                    count=len(rows),
+                    consumername=shard.token,
+                )
+                for row in pending:
+                    counts[row["message_id"]] = int(row["times_delivered"])
+        return counts
+
+    async def _group_positions(self, shard: Shard) -> tuple[bytes, bytes]:
+        out = []
+        for stream in ("qp", "q"):
+            groups = await self.client.xinfo_groups(self.key(shard.index, stream))
+            last = next(
+                (g["last-delivered-id"] for g in groups if g["name"] in (b"rt", "rt")), b"0-0"
+            )
+            out.append(last if isinstance(last, bytes) else str(last).encode())
+        return out[0], out[1]
+
+    async def _read_loop(self) -> None:
+        cfg = self.config
+        while not self._closing:
+            readable = [
+                s
+                for s in self.owned.values()
+                if s.phase == "read" and s.inflight < cfg.max_inflight
+            ]
+            got = 0
+            if readable:
+                pipe = self.client.pipeline(transaction=False)
+                for shard in readable:
+                    await self._read(
+                        keys=[self.key(shard.index, n) for n in ("lease", "qp", "q")],
+                        args=[shard.token, cfg.read_count, ">", ">"],
+                        client=pipe,
+                    )
+                try:
+                    results = await pipe.execute(raise_on_error=False)
+                except asyncio.CancelledError:
+                    raise
+                except Exception as exc:
+                    self.log.warning("cluster_read_failed", error=repr(exc))
+                    await asyncio.sleep(cfg.tick / 4)
+                    continue
+                got = await self._take_reads(readable, results)
+            if got:
+                await asyncio.sleep(0)
+                continue
+            streams = {}
+            for shard in readable:
+                streams[self.key(shard.index, "qp")] = shard.last_qp
+                streams[self.key(shard.index, "q")] = shard.last_q
+            self._wake_reader.clear()
+            if streams:
+                with contextlib.suppress(Exception):
+                    await self.client.xread(streams, count=1, block=max(1, int(cfg.tick * 500)))
+            else:
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._wake_reader.wait(), cfg.tick / 2)
+
+    async def _take_reads(self, shards: list[Shard], results: list[Any]) -> int:
+        got = 0
+        fresh: list[tuple[Shard, int, bytes, dict[bytes, bytes]]] = []
+        for shard, result in zip(shards, results, strict=True):
+            if isinstance(result, Exception):
+                if "FENCED" in str(result):
+                    self.counts["fenced"] += 1
+                    self._lose(shard, "fenced read")
+                continue
+            if self.owned.get(shard.index) is not shard:
+                continue
+            entries = entries_of(result)
+            for stream, rows in enumerate(entries):
+                for entry_id, fields in rows:
+                    fresh.append((shard, stream, entry_id, fields))
+                if rows:
+                    if stream == 0:
+                        shard.last_qp = rows[-1][0]
+                    else:
+                        shard.last_q = rows[-1][0]
+        if not fresh:
+            return 0
+        ids = [f.get(b"i", b"").decode() for _, _, _, f in fresh]
+        done: dict[str, bool] = {}
+        by_shard: dict[int, list[str]] = {}
+        for (shard, _, _, _), msg_id in zip(fresh, ids, strict=True):
+            if msg_id:
+                by_shard.setdefault(shard.index, []).append(msg_id)
+        for index, msg_ids in by_shard.items():
+            scores = await self.client.zmscore(self.key(index, "done"), msg_ids)
+            done.update({m: s is not None for m, s in zip(msg_ids, scores, strict=True)})
+        for (shard, stream, entry_id, fields), msg_id in zip(fresh, ids, strict=True):
+            if msg_id and (done.get(msg_id) or msg_id in self._live_ids):
+                self.counts["duplicates"] += 1
+                self._commit_now(Item(shard, stream, entry_id, "", *reply_of(fields)), "duplicate")
+                continue
+            self._dispatch(shard, stream, entry_id, fields, 1, False)
+            got += 1
+        return got or len(fresh)
+
+    def _dispatch(
+        self,
+        shard: Shard,
+        stream: int,
+        entry_id: bytes,
+        fields: dict[bytes, bytes],
+        attempt: int,
+        redelivered: bool,
+    ) -> None:
+        core = self.core
+        assert core is not None
+        reply_key, corr = reply_of(fields)
+        msg_id = fields.get(b"i", b"").decode()
+        item = Item(shard, stream, entry_id, msg_id, reply_key, corr)
+        try:
+            record = self.codec.decode_envelope(fields[b"e"])
+        except (CodecError, KeyError) as exc:
+            self.log.error(
+                "message_undecodable", shard=shard.index, entry=entry_id.decode(), error=str(exc)
+            )
+            item.dead = self.codec.dumps(
+                (fields.get(b"e", b""), "undecodable", "CodecError", str(exc))
+            )
+            self._commit_now(item, "undecodable")
+            return
+        if msg_id:
+            if msg_id in self._live_ids:  # a copy replayed beside its original
+                self.counts["duplicates"] += 1
+                item.msg_id = ""
+                self._commit_now(item, "duplicate")
+                return
+            self._live_ids.add(msg_id)
+        self._seq += 1
+        seq = self._seq
+        self.inflight[seq] = item
+        shard.inflight += 1
+        if reply_key:
+            item.reply = RemoteReply()
+        flags = int(fields.get(b"f", b"0"))
+        ttl = None
+        if record.expires_at is not None:
+            ttl = max(record.expires_at - time.time(), 1e-6)
+        core.deliver_remote(
+            record.key,
+            record.message,
+            record.priority,
+            bool(flags & 1),
+            bool(flags & 2),
+            item.reply,
+            ttl,
+            seq,
+            attempt,
+            redelivered,
+        )

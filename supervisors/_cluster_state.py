@@ -1,0 +1,172 @@
+"""The state a cluster node keeps, shared by its parts (supervisors/_cluster_node.py).
+
+`NodeState` holds what the node's parts read and write: the shards it owns, the
+messages in flight, the queues of the outbox and of the commits, the counters.
+The parts are mixins over it: `Leases` (membership, leases, handoffs),
+`Reader` (takeover, reads, dispatch), `Commits` (outcomes, fenced commits,
+replies), and `ClusterNode` itself (connection, sending, asks).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import uuid
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from actors._errors import Dropped, Interrupted, RecordedError
+
+if TYPE_CHECKING:
+    from actors._codec import Codec
+    from actors._future import LoopFuture
+    from supervisors._cluster import RedisCluster
+    from supervisors._core import _Core
+
+__all__ = ["Item", "NodeState", "RemoteReply", "Shard", "entries_of", "error_of", "reply_of"]
+
+
+@dataclass(slots=True)
+class Shard:
+    index: int
+    token: str
+    phase: str = "replay"  # replay -> read -> drain
+    inflight: int = 0
+    last_q: bytes = b"0-0"
+    last_qp: bytes = b"0-0"
+    drain_since: float = 0.0
+
+
+@dataclass(slots=True)
+class Item:
+    shard: Shard
+    stream: int  # 0: qp, 1: q
+    entry: bytes
+    msg_id: str
+    reply_key: str
+    corr: str
+    reply: RemoteReply | None = None
+    dead: bytes = b""
+
+
+class RemoteReply:
+    """Stands in for the ask future of a caller in another process (or this one)."""
+
+    __slots__ = ("_cell", "done", "error", "value")
+
+    def __init__(self) -> None:
+        self._cell: Any = None
+        self.done = False
+        self.value: Any = None
+        self.error: BaseException | None = None
+
+    def set(self, value: Any = None) -> None:
+        if not self.done:
+            self.done, self.value = True, value
+
+    def set_exception(self, exc_info: Any = None) -> None:
+        if not self.done:
+            self.done = True
+            self.error = exc_info[1] if isinstance(exc_info, tuple) else exc_info
+
+
+class NodeState:
+    """What every part of a node reads and writes (one event loop: no locks)."""
+
+    # The scripts, registered once per client (supervisors/_cluster_scripts.py).
+    _acquire: Any
+    _renew: Any
+    _release: Any
+    _read: Any
+    _claim: Any
+    _commit: Any
+
+    def __init__(
+        self, config: RedisCluster, codec: Codec, loop: asyncio.AbstractEventLoop, log: Any
+    ) -> None:
+        self.config = config
+        self.codec = codec
+        self.loop = loop
+        self.log = log
+        self.node_id = f"{os.getpid()}-{uuid.uuid4().hex[:8]}"
+        ns = config.namespace
+        self.ns = ns
+        self.reply_key = f"{ns}:reply:{self.node_id}"
+        self.members_key = f"{ns}:members"
+        self.owned: dict[int, Shard] = {}
+        self.inflight: dict[int, Item] = {}
+        # msg_ids read and not yet committed: a copy read meanwhile is a duplicate too
+        # (the `done` set in Redis only has the committed ones).
+        self._live_ids: set[str] = set()
+        self._seq = 0
+        self._outbox: list[tuple[str, dict[str, Any], asyncio.Future[None] | None]] = []
+        self._commits: list[Item] = []
+        self._asks: dict[str, tuple[LoopFuture[Any], Any, asyncio.TimerHandle]] = {}
+        self._wake_outbox = asyncio.Event()
+        self._wake_commits = asyncio.Event()
+        self._wake_reader = asyncio.Event()
+        self._tasks: list[asyncio.Task[None]] = []
+        self._closing = False
+        self._started_at = 0.0
+        self._last_renew = 0.0
+        self.core: _Core | None = None
+        self.client: Any = None
+        self.counts = dict.fromkeys(
+            (
+                "sent",
+                "acquired",
+                "released",
+                "takeovers",
+                "fenced",
+                "replayed",
+                "lost",
+                "duplicates",
+            ),
+            0,
+        )
+        self.lag: dict[int, int] = {}
+
+    def key(self, shard: int, name: str) -> str:
+        """The Redis key `name` of `shard`: its keys share the hash tag `{ns:shard}`."""
+        return f"{self.ns}:{{{self.ns}:{shard}}}:{name}"
+
+    # Implemented by the parts; declared here so that each part can call the others.
+
+    def _lose(self, shard: Shard, why: str) -> None:
+        raise NotImplementedError
+
+    async def _take_over(self, shard: Shard) -> None:
+        raise NotImplementedError
+
+    def _commit_now(self, item: Item, reason: str) -> None:
+        raise NotImplementedError
+
+    def _queue_commit(self, item: Item) -> None:
+        raise NotImplementedError
+
+
+def entries_of(result: Any) -> list[list[tuple[bytes, dict[bytes, bytes]]]]:
+    """[qp rows, q rows] from an XREADGROUP reply over (qp, q)."""
+    out: list[list[tuple[bytes, dict[bytes, bytes]]]] = [[], []]
+    for stream_name, rows in result or []:
+        index = 0 if stream_name.endswith(b":qp") else 1
+        for entry_id, fields in rows:
+            if fields is None:  # deleted while pending
+                continue
+            if isinstance(fields, list):
+                fields = dict(zip(fields[::2], fields[1::2], strict=True))
+            out[index].append((entry_id, fields))
+    return out
+
+
+def reply_of(fields: dict[bytes, bytes]) -> tuple[str, str]:
+    return fields.get(b"r", b"").decode(), fields.get(b"c", b"").decode()
+
+
+def error_of(key: Any, value: Any) -> BaseException:
+    type_name, text, reason = value
+    if type_name == "Dropped":
+        return Dropped(key, reason or "dropped")
+    if type_name == "Interrupted":
+        return Interrupted(key, reason or "interrupted")
+    return RecordedError(type_name, text)
