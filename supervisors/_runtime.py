@@ -30,8 +30,6 @@ from __future__ import annotations
 import asyncio
 import threading
 import time
-from concurrent.futures import Future
-from threading import get_ident
 from typing import TYPE_CHECKING, Any, Self, TypeVar, final
 
 from actors._clock import LoopClock
@@ -41,16 +39,16 @@ from actors._logging import check_level, library_logger
 from supervisors import _background
 from supervisors._assembly import assemble
 from supervisors._cluster_node import ClusterNode
-from supervisors._cluster_port import ClusterPort, check_msg_id
+from supervisors._cluster_port import ClusterPort
 from supervisors._core import (
     CLOSING,
     DRAINING,
     _Core,
-    check_call,
     check_flag,
     check_key,
 )
 from supervisors._ingress import Ingress
+from supervisors._messaging import Messaging, not_started
 from supervisors._options import RuntimeOptions
 from supervisors._policy import Directive, RestartPolicy
 from supervisors._quiescence import wait_idle
@@ -81,7 +79,7 @@ def _stop_on_escalate(_: BaseException) -> Directive:
 
 
 @final
-class Runtime:
+class Runtime(Messaging):
     """Per-user mailbox actors on one asyncio loop.
 
     Args:
@@ -146,7 +144,7 @@ class Runtime:
         self._clock = clock
         self._log_level = check_level(log_level)
         self._core: _Core | None = None
-        self._accept: Callable[..., None] = _not_started
+        self._accept: Callable[..., None] = not_started
         self._ingress: Ingress | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._loop_thread = 0
@@ -338,175 +336,6 @@ class Runtime:
         """Stop (draining), and leave without waiting for handlers the stop abandoned."""
         _background.leave(self)
 
-    # -- messages ---------------------------------------------------------------------------
-
-    def tell(
-        self,
-        key: str | int,
-        message: Any,
-        *,
-        priority: int = 0,
-        interrupt: bool = False,
-        clear: bool = False,
-        ttl: float | None = None,
-        msg_id: str | None = None,
-    ) -> None:
-        """Send `message` to `key`'s actor; returns once accepted. Thread-safe.
-
-        `priority` (int >= 0, higher first) picks the lane; `interrupt=True`
-        cancels the handler in flight if its priority is lower (else it has no
-        effect); `clear=True` drops the waiting messages of lower priority;
-        `ttl` (seconds) drops the message as `Dropped("expired")` if its handler
-        has not started by then.
-
-        Raises:
-            InvalidKey, InvalidPriority, TypeError, ValueError: bad input (nothing
-                is enqueued).
-            MailboxFull: the key's mailbox (or the runtime-wide bound) is full,
-                counting messages other threads have in transit.
-            RuntimeStopped: the runtime is not running.
-
-        `msg_id` (a str, e.g. the platform's update id) makes a duplicate a no-op in
-        cluster mode, within the cluster's dedup window; it is checked, and otherwise
-        unused, in one process.
-        """
-        if msg_id is None and get_ident() == self._loop_thread:
-            self._accept(key, message, priority, interrupt, clear, None, ttl)
-        else:
-            self._route(key, message, priority, interrupt, clear, None, ttl, msg_id)
-
-    async def send(
-        self,
-        key: str | int,
-        message: Any,
-        *,
-        priority: int = 0,
-        interrupt: bool = False,
-        clear: bool = False,
-        ttl: float | None = None,
-        msg_id: str | None = None,
-    ) -> None:
-        """Like `tell`, and return only once the message is durable (its batch committed).
-
-        For a webhook that must not answer its platform before the update is
-        safe. Without a store it returns once the message is accepted. Await it
-        on any event loop, in any thread. Raises what `tell` raises, and
-        `JournalError` if the journal could not commit it (the message may
-        still be handled by this process, but will not survive it). In cluster mode it
-        returns once Redis has the message.
-        """
-        if self._port is not None:
-            await self._port.send(key, message, priority, interrupt, clear, ttl, msg_id)
-            return
-        check_msg_id(msg_id)
-        if get_ident() == self._loop_thread:
-            self._accept(key, message, priority, interrupt, clear, None, ttl)
-            durable = self._durable
-            committed = durable.receipt() if durable is not None else None
-            if committed is not None:
-                await asyncio.wrap_future(committed)
-            return
-        receipt: Future[None] | None = Future() if self._durable is not None else None
-        self._submit(key, message, priority, interrupt, clear, None, ttl, False, receipt)
-        if receipt is not None:
-            await asyncio.wrap_future(receipt)
-
-    def ask(
-        self,
-        key: str | int,
-        message: Any,
-        *,
-        priority: int = 0,
-        interrupt: bool = False,
-        clear: bool = False,
-        ttl: float | None = None,
-        msg_id: str | None = None,
-    ) -> LoopFuture[Any]:
-        """Like `tell`, and return a future of the handler's result. Thread-safe.
-
-        The future is awaitable on the loop and has pykka's blocking
-        `get(timeout=...)` for other threads (past it: `FutureTimeout`). It
-        raises the handler's exception (`HandlerCrashed` wrapping one that is
-        not an `Exception`), `Interrupted`, or `Dropped` (with a `reason`).
-        `future.cancel()`, or cancelling a task that awaits it, withdraws the
-        message if its handler has not started (`Dropped("withdrawn")`).
-        """
-        future: LoopFuture[Any] = LoopFuture(self._loop)
-        if msg_id is None and get_ident() == self._loop_thread:
-            self._accept(key, message, priority, interrupt, clear, future, ttl)
-        else:
-            self._route(key, message, priority, interrupt, clear, future, ttl, msg_id)
-        return future
-
-    def _route(
-        self,
-        key: Any,
-        message: Any,
-        priority: Any,
-        interrupt: Any,
-        clear: Any,
-        reply_to: Any,
-        ttl: Any,
-        msg_id: Any,
-    ) -> None:
-        """A call with a `msg_id`, or from another thread."""
-        if self._port is not None:
-            self._port.submit(key, message, priority, interrupt, clear, reply_to, ttl, msg_id)
-            return
-        check_msg_id(msg_id)
-        if get_ident() == self._loop_thread:
-            self._accept(key, message, priority, interrupt, clear, reply_to, ttl)
-        else:
-            self._submit(key, message, priority, interrupt, clear, reply_to, ttl, False)
-
-    def _submit(
-        self,
-        key: Any,
-        message: Any,
-        priority: Any,
-        interrupt: Any,
-        clear: Any,
-        reply_to: Any,
-        ttl: Any,
-        internal: bool,
-        receipt: Future[None] | None = None,
-    ) -> None:
-        """A call from another thread: validated (and encoded, with a store) here, room
-        reserved, handed to the loop."""
-        check_call(key, priority, interrupt, clear, ttl)
-        ingress = self._ingress
-        if ingress is None:
-            _not_started()
-        # A handler's own messages still go in while the runtime stops (see _Core.handler_tell).
-        if self._state != "running" and not (internal and self._state == "stopping"):
-            msg = f"the runtime is {self._state}: it accepts no messages"
-            raise RuntimeStopped(msg)
-        durable = self._durable
-        record = None if durable is None else durable.encode(key, message, priority, ttl)
-        ingress.submit(  # type: ignore[union-attr]
-            key, message, priority, interrupt, clear, reply_to, ttl, internal, record, receipt
-        )
-
-    def _context_tell(
-        self,
-        key: Any,
-        message: Any,
-        *,
-        priority: int = 0,
-        interrupt: bool = False,
-        clear: bool = False,
-        ttl: float | None = None,
-    ) -> None:
-        """`Context.tell`: on the loop, or from a blocking handler's pool thread."""
-        if self._port is not None:
-            self._port.submit(key, message, priority, interrupt, clear, None, ttl)
-            return
-        if get_ident() == self._loop_thread:
-            core: _Core = self._core  # type: ignore[assignment]
-            core.handler_tell(key, message, priority, interrupt, clear, ttl)
-        else:
-            self._submit(key, message, priority, interrupt, clear, None, ttl, True)
-
     # -- introspection -------------------------------------------------------------------------
 
     async def wait_idle(self) -> None:
@@ -576,15 +405,6 @@ class Runtime:
         except RuntimeError:
             return fn()
         return future.get(timeout=30)
-
-
-def _not_started(*_: Any) -> None:
-    msg = (
-        "this runtime is not started: use `async with Runtime(...) as rt:` (or "
-        "`await rt.start()`) on a running event loop, or `with Runtime(...) as rt:` "
-        "to run it on a background thread"
-    )
-    raise RuntimeStopped(msg)
 
 
 def _resolve(future: LoopFuture[ShutdownSummary], task: asyncio.Task[ShutdownSummary]) -> None:

@@ -1,0 +1,224 @@
+"""How messages get into a runtime: `tell`, `ask`, `send`, and a handler's `ctx.tell`.
+
+`Messaging` is the part of `Runtime` that takes messages (a mixin: the facade's
+other parts are in supervisors/_runtime.py). Which way a message goes:
+
+* on the loop thread, to the router at once (`_accept`: `_Core.accept`, which
+  checks, encodes with a store, and enqueues);
+* from another thread, checked (and encoded) at its call site, its room
+  reserved, then handed to the loop in batches (`_submit`, supervisors/_ingress.py);
+* in cluster mode, to Redis: `_accept` is then the cluster port's
+  (supervisors/_cluster_port.py), and so is every other path.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from concurrent.futures import Future
+from threading import get_ident
+from typing import TYPE_CHECKING, Any
+
+from actors._errors import RuntimeStopped
+from actors._future import LoopFuture
+from supervisors._cluster_port import check_msg_id
+from supervisors._core import check_call
+
+if TYPE_CHECKING:
+    from collections.abc import Callable
+
+    from supervisors._cluster_port import ClusterPort
+    from supervisors._core import _Core
+    from supervisors._durable import Durable
+    from supervisors._ingress import Ingress
+
+__all__ = ["Messaging", "not_started"]
+
+
+def not_started(*_: Any) -> None:
+    msg = (
+        "this runtime is not started: use `async with Runtime(...) as rt:` (or "
+        "`await rt.start()`) on a running event loop, or `with Runtime(...) as rt:` "
+        "to run it on a background thread"
+    )
+    raise RuntimeStopped(msg)
+
+
+class Messaging:
+    """`tell`, `ask`, `send`: the message-taking part of `Runtime`."""
+
+    # Set by `Runtime` (see its __init__ and start()).
+    _accept: Callable[..., None]
+    _loop: asyncio.AbstractEventLoop | None
+    _loop_thread: int
+    _state: str
+    _core: _Core | None
+    _ingress: Ingress | None
+    _durable: Durable | None
+    _port: ClusterPort | None
+
+    def tell(
+        self,
+        key: str | int,
+        message: Any,
+        *,
+        priority: int = 0,
+        interrupt: bool = False,
+        clear: bool = False,
+        ttl: float | None = None,
+        msg_id: str | None = None,
+    ) -> None:
+        """Send `message` to `key`'s actor; returns once accepted. Thread-safe.
+
+        `priority` (int >= 0, higher first) picks the lane; `interrupt=True`
+        cancels the handler in flight if its priority is lower (else it has no
+        effect); `clear=True` drops the waiting messages of lower priority;
+        `ttl` (seconds) drops the message as `Dropped("expired")` if its handler
+        has not started by then.
+
+        Raises:
+            InvalidKey, InvalidPriority, TypeError, ValueError: bad input (nothing
+                is enqueued).
+            MailboxFull: the key's mailbox (or the runtime-wide bound) is full,
+                counting messages other threads have in transit.
+            RuntimeStopped: the runtime is not running.
+
+        `msg_id` (a str, e.g. the platform's update id) makes a duplicate a no-op in
+        cluster mode, within the cluster's dedup window; it is checked, and otherwise
+        unused, in one process.
+        """
+        if msg_id is None and get_ident() == self._loop_thread:
+            self._accept(key, message, priority, interrupt, clear, None, ttl)
+        else:
+            self._route(key, message, priority, interrupt, clear, None, ttl, msg_id)
+
+    async def send(
+        self,
+        key: str | int,
+        message: Any,
+        *,
+        priority: int = 0,
+        interrupt: bool = False,
+        clear: bool = False,
+        ttl: float | None = None,
+        msg_id: str | None = None,
+    ) -> None:
+        """Like `tell`, and return only once the message is durable (its batch committed).
+
+        For a webhook that must not answer its platform before the update is
+        safe. Without a store it returns once the message is accepted. Await it
+        on any event loop, in any thread. Raises what `tell` raises, and
+        `JournalError` if the journal could not commit it (the message may
+        still be handled by this process, but will not survive it). In cluster mode it
+        returns once Redis has the message.
+        """
+        if self._port is not None:
+            await self._port.send(key, message, priority, interrupt, clear, ttl, msg_id)
+            return
+        check_msg_id(msg_id)
+        if get_ident() == self._loop_thread:
+            self._accept(key, message, priority, interrupt, clear, None, ttl)
+            durable = self._durable
+            committed = durable.receipt() if durable is not None else None
+            if committed is not None:
+                await asyncio.wrap_future(committed)
+            return
+        receipt: Future[None] | None = Future() if self._durable is not None else None
+        self._submit(key, message, priority, interrupt, clear, None, ttl, False, receipt)
+        if receipt is not None:
+            await asyncio.wrap_future(receipt)
+
+    def ask(
+        self,
+        key: str | int,
+        message: Any,
+        *,
+        priority: int = 0,
+        interrupt: bool = False,
+        clear: bool = False,
+        ttl: float | None = None,
+        msg_id: str | None = None,
+    ) -> LoopFuture[Any]:
+        """Like `tell`, and return a future of the handler's result. Thread-safe.
+
+        The future is awaitable on the loop and has pykka's blocking
+        `get(timeout=...)` for other threads (past it: `FutureTimeout`). It
+        raises the handler's exception (`HandlerCrashed` wrapping one that is
+        not an `Exception`), `Interrupted`, or `Dropped` (with a `reason`).
+        `future.cancel()`, or cancelling a task that awaits it, withdraws the
+        message if its handler has not started (`Dropped("withdrawn")`).
+        """
+        future: LoopFuture[Any] = LoopFuture(self._loop)
+        if msg_id is None and get_ident() == self._loop_thread:
+            self._accept(key, message, priority, interrupt, clear, future, ttl)
+        else:
+            self._route(key, message, priority, interrupt, clear, future, ttl, msg_id)
+        return future
+
+    def _route(
+        self,
+        key: Any,
+        message: Any,
+        priority: Any,
+        interrupt: Any,
+        clear: Any,
+        reply_to: Any,
+        ttl: Any,
+        msg_id: Any,
+    ) -> None:
+        """A call with a `msg_id`, or from another thread."""
+        if self._port is not None:
+            self._port.submit(key, message, priority, interrupt, clear, reply_to, ttl, msg_id)
+            return
+        check_msg_id(msg_id)
+        if get_ident() == self._loop_thread:
+            self._accept(key, message, priority, interrupt, clear, reply_to, ttl)
+        else:
+            self._submit(key, message, priority, interrupt, clear, reply_to, ttl, False)
+
+    def _submit(
+        self,
+        key: Any,
+        message: Any,
+        priority: Any,
+        interrupt: Any,
+        clear: Any,
+        reply_to: Any,
+        ttl: Any,
+        internal: bool,
+        receipt: Future[None] | None = None,
+    ) -> None:
+        """A call from another thread: validated (and encoded, with a store) here, room
+        reserved, handed to the loop."""
+        check_call(key, priority, interrupt, clear, ttl)
+        ingress = self._ingress
+        if ingress is None:
+            not_started()
+        # A handler's own messages still go in while the runtime stops (see _Core.handler_tell).
+        if self._state != "running" and not (internal and self._state == "stopping"):
+            msg = f"the runtime is {self._state}: it accepts no messages"
+            raise RuntimeStopped(msg)
+        durable = self._durable
+        record = None if durable is None else durable.encode(key, message, priority, ttl)
+        ingress.submit(  # type: ignore[union-attr]
+            key, message, priority, interrupt, clear, reply_to, ttl, internal, record, receipt
+        )
+
+    def _context_tell(
+        self,
+        key: Any,
+        message: Any,
+        *,
+        priority: int = 0,
+        interrupt: bool = False,
+        clear: bool = False,
+        ttl: float | None = None,
+    ) -> None:
+        """`Context.tell`: on the loop, or from a blocking handler's pool thread."""
+        if self._port is not None:
+            self._port.submit(key, message, priority, interrupt, clear, None, ttl)
+            return
+        if get_ident() == self._loop_thread:
+            core: _Core = self._core  # type: ignore[assignment]
+            core.handler_tell(key, message, priority, interrupt, clear, ttl)
+        else:
+            self._submit(key, message, priority, interrupt, clear, None, ttl, True)
