@@ -37,6 +37,7 @@ class Reader(NodeState):
                     if cursor in (b"0-0", "0-0"):
                         break
             after_qp = after_q = b"0"
+            replayed = 0
             while True:
                 result = await self._read(
                     keys=[self.key(shard.index, n) for n in ("lease", "qp", "q")],
@@ -49,15 +50,17 @@ class Reader(NodeState):
                 for lane, rows in enumerate(entries):
                     for entry_id, fields in rows:
                         self._dispatch(shard, lane, entry_id, fields, counts.get(entry_id, 2), True)
-                        self.counts["replayed"] += 1
+                        replayed += 1
                 if entries[0]:
                     after_qp = entries[0][-1][0]
                 if entries[1]:
                     after_q = entries[1][-1][0]
             groups = await self._group_positions(shard)
             shard.last_qp, shard.last_q = groups
-            if self.counts["replayed"]:
+            if replayed:  # an owner left entries pending: it died, or timed out a handoff
                 self.counts["takeovers"] += 1
+                self.counts["replayed"] += replayed
+                self.log.info("cluster_shard_taken_over", shard=shard.index, replayed=replayed)
         except asyncio.CancelledError:
             raise
         except Exception as exc:
