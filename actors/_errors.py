@@ -64,7 +64,10 @@ class MailboxFull(InorderError):
     """
 
     def __init__(self, key: Any, limit: int, *, scope: str = "key") -> None:
-        what = "mailbox of" if scope == "key" else "runtime-wide pending bound, at"
+        what = {
+            "key": "mailbox of",
+            "cluster": "cluster outbox (Redis unreachable?), at",
+        }.get(scope, "runtime-wide pending bound, at")
         super().__init__(f"{what} {key!r} is full ({limit} waiting messages)")
         self.key = key
         self.limit = limit

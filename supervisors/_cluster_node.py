@@ -38,7 +38,7 @@ import contextlib
 import time
 from typing import TYPE_CHECKING, Any
 
-from actors._errors import CodecError, FutureTimeout
+from actors._errors import CodecError, FutureTimeout, MailboxFull, RuntimeStopped
 from supervisors import _cluster_scripts as scripts
 from supervisors._cluster_commits import Commits
 from supervisors._cluster_leases import Leases
@@ -50,7 +50,10 @@ if TYPE_CHECKING:
     from actors._future import LoopFuture
     from supervisors._core import _Core
 
-__all__ = ["ClusterNode"]
+__all__ = ["MAX_OUTBOX", "ClusterNode"]
+
+#: Messages that may wait in a node's outbox for Redis; past it, sending raises MailboxFull.
+MAX_OUTBOX = 100_000
 
 
 class ClusterNode(Leases, Reader, Commits):
@@ -150,7 +153,14 @@ class ClusterNode(Leases, Reader, Commits):
         msg_id: str | None,
         waiter: asyncio.Future[None] | None,
     ) -> None:
-        """Queue one encoded message for the outbox (loop thread)."""
+        """Queue one encoded message for the outbox (loop thread).
+
+        Raises `MailboxFull` (scope "cluster") while `MAX_OUTBOX` messages wait to be
+        written (Redis is unreachable): backpressure at the call site, not memory
+        growing without bound.
+        """
+        if len(self._outbox) >= MAX_OUTBOX:
+            raise MailboxFull(key, MAX_OUTBOX, scope="cluster")
         shard = shard_of(key, self.config.n_shards)
         fields: dict[str, Any] = {"e": data, "f": flags}
         if msg_id is not None:
@@ -164,27 +174,41 @@ class ClusterNode(Leases, Reader, Commits):
         self._wake_outbox.set()
 
     async def _outbox_loop(self) -> None:
+        """Write what is queued, one batch at a time (one process's sends keep their order).
+
+        A batch Redis does not take (it is restarting, the network is down) is retried
+        with a growing pause, ahead of anything queued later, until it is written or
+        the node stops; a `tell` that returned is therefore never dropped for an outage
+        (a batch cut off half-way may be written twice: at-least-once, and a `msg_id`
+        makes the copy a no-op). `enqueue` refuses new messages while `MAX_OUTBOX` wait.
+        """
+        pause = 0.05
         while not self._closing:
             await self._wake_outbox.wait()
             self._wake_outbox.clear()
             batch, self._outbox = self._outbox, []
-            if not batch:
-                continue
-            pipe = self.client.pipeline(transaction=False)
-            for stream, fields, _ in batch:
-                pipe.xadd(stream, fields)
-            try:
-                await pipe.execute()
-            except Exception as exc:
-                self.log.error("cluster_send_failed", error=repr(exc), count=len(batch))
+            while batch and not self._closing:
+                pipe = self.client.pipeline(transaction=False)
+                for stream, fields, _ in batch:
+                    pipe.xadd(stream, fields)
+                try:
+                    await pipe.execute()
+                except asyncio.CancelledError:
+                    raise
+                except Exception as exc:
+                    self.log.warning("cluster_send_retry", error=repr(exc), count=len(batch))
+                    await asyncio.sleep(pause)
+                    pause = min(pause * 2, self.config.tick)
+                    continue
+                pause = 0.05
+                self.counts["sent"] += len(batch)
                 for _, _, waiter in batch:
                     if waiter is not None and not waiter.done():
-                        waiter.set_exception(exc)
-                continue
-            self.counts["sent"] += len(batch)
-            for _, _, waiter in batch:
-                if waiter is not None and not waiter.done():
-                    waiter.set_result(None)
+                        waiter.set_result(None)
+                batch = []
+        for _, _, waiter in self._outbox:  # the node stopped with these unsent
+            if waiter is not None and not waiter.done():
+                waiter.set_exception(RuntimeStopped("the node stopped before sending it"))
 
     def _ask_expired(self, corr: str) -> None:
         entry = self._asks.pop(corr, None)
