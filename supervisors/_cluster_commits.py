@@ -14,7 +14,7 @@ import time
 from typing import TYPE_CHECKING, Any
 
 from actors._errors import CodecError, Dropped
-from supervisors._cluster_state import Item, NodeState, RemoteReply
+from supervisors._cluster_state import Item, NodeState, RemoteReply, Shard
 
 if TYPE_CHECKING:
     from actors._mailbox import Envelope
@@ -107,8 +107,7 @@ class Commits(NodeState):
             by_shard.setdefault(item.shard.index, []).append(item)
         seconds = time.time()
         window = int(self.config.dedup_window * 1000)
-        pipe = self.client.pipeline(transaction=False)
-        order = []
+        calls: list[tuple[Shard, list[Item], list[str], list[Any]]] = []
         for index, items in by_shard.items():
             shard = items[0].shard
             keys = [self.key(index, n) for n in ("lease", "qp", "q", "done", "dlq")]
@@ -121,17 +120,21 @@ class Commits(NodeState):
                     reply_index = len(keys)
                     payload = self._reply_payload(item)
                 args += [item.stream, item.entry, item.msg_id, reply_index, payload, item.dead]
-            await self._commit(keys=keys, args=args, client=pipe)
-            order.append((shard, items))
+            calls.append((shard, items, keys, args))
         while True:
             try:
-                results = await pipe.execute(raise_on_error=False)
+                # A pipeline per attempt: redis-py empties one when its execute fails.
+                async with self.client.pipeline(transaction=False) as pipe:
+                    for _, _, keys, args in calls:
+                        await self._commit(keys=keys, args=args, client=pipe)
+                    results = await pipe.execute(raise_on_error=False)
                 break
             except asyncio.CancelledError:
                 raise
             except Exception as exc:  # Redis unreachable: retried before any later batch
                 self.log.warning("cluster_commit_retry", error=repr(exc))
                 await asyncio.sleep(self.config.tick / 4)
+        order = [(shard, items) for shard, items, _, _ in calls]
         for (shard, items), result in zip(order, results, strict=True):
             shard.inflight -= len(items)
             for item in items:  # committed (in `done`), or fenced (the next owner checks)

@@ -45,11 +45,11 @@ class Leases(NodeState):
         c = self.client
         seconds, micros = await c.time()
         now_ms = seconds * 1000 + micros // 1000
-        pipe = c.pipeline(transaction=False)
-        pipe.zadd(self.members_key, {self.node_id: now_ms + int(cfg.member_ttl * 1000)})
-        pipe.zrangebyscore(self.members_key, now_ms, "+inf")
-        pipe.zremrangebyscore(self.members_key, "-inf", now_ms - 60_000)
-        _, members, _ = await pipe.execute()
+        async with c.pipeline(transaction=False) as pipe:  # reset whatever happens
+            pipe.zadd(self.members_key, {self.node_id: now_ms + int(cfg.member_ttl * 1000)})
+            pipe.zrangebyscore(self.members_key, now_ms, "+inf")
+            pipe.zremrangebyscore(self.members_key, "-inf", now_ms - 60_000)
+            _, members, _ = await pipe.execute()
         live = [m.decode() for m in members]
         owned = list(self.owned.values())
         if owned:
@@ -77,15 +77,15 @@ class Leases(NodeState):
             shard = self.owned[index]
             if shard.phase != "drain":
                 shard.phase, shard.drain_since = "drain", time.monotonic()
-        if todo.acquire and not self._closing:
-            pipe = c.pipeline(transaction=False)
-            for index in todo.acquire:
-                await self._acquire(  # queued on the pipeline (redis-py's scripts are async)
-                    keys=[self.key(index, n) for n in ("lease", "epoch", "log", "q", "qp")],
-                    args=[self.node_id, int(cfg.lease_ttl * 1000)],
-                    client=pipe,
-                )
-            tokens = await pipe.execute()
+        if todo.acquire and not (self._closing or self._stopping):
+            async with c.pipeline(transaction=False) as pipe:
+                for index in todo.acquire:
+                    await self._acquire(  # queued on the pipeline (redis-py's scripts are async)
+                        keys=[self.key(index, n) for n in ("lease", "epoch", "log", "q", "qp")],
+                        args=[self.node_id, int(cfg.lease_ttl * 1000)],
+                        client=pipe,
+                    )
+                tokens = await pipe.execute()
             for index, token in zip(todo.acquire, tokens, strict=True):
                 if token:
                     shard = Shard(index, token.decode())
@@ -124,11 +124,11 @@ class Leases(NodeState):
         if not shards:
             self.lag = {}
             return
-        pipe = self.client.pipeline(transaction=False)
-        for index in shards:
-            pipe.xlen(self.key(index, "q"))
-            pipe.xlen(self.key(index, "qp"))
-        lengths = await pipe.execute()
+        async with self.client.pipeline(transaction=False) as pipe:
+            for index in shards:
+                pipe.xlen(self.key(index, "q"))
+                pipe.xlen(self.key(index, "qp"))
+            lengths = await pipe.execute()
         self.lag = {index: lengths[2 * i] + lengths[2 * i + 1] for i, index in enumerate(shards)}
 
     def _lose(self, shard: Shard, why: str) -> None:

@@ -117,13 +117,16 @@ class ClusterNode(Leases, Reader, Commits):
     async def stop(self, timeout: float) -> None:
         """Hand every shard off (drain, commit, release), leave, disconnect."""
         deadline = time.monotonic() + timeout
-        for shard in self.owned.values():
-            if shard.phase != "drain":
-                shard.phase, shard.drain_since = "drain", time.monotonic()
+        self._stopping = True  # no more acquisitions: it is still the owner by hashing
         while self.owned and time.monotonic() < deadline:
+            for shard in self.owned.values():  # one acquired meanwhile drains too
+                if shard.phase != "drain":
+                    shard.phase, shard.drain_since = "drain", time.monotonic()
             await self._handoffs(force=False)
             if self.owned:
                 await asyncio.sleep(0.01)
+        for shard in self.owned.values():
+            shard.phase = "drain"
         await self._handoffs(force=True)
         self._closing = True
         with contextlib.suppress(Exception):
@@ -135,9 +138,15 @@ class ClusterNode(Leases, Reader, Commits):
             for task in pending:
                 task.cancel()
             _, pending = await asyncio.wait(pending, timeout=0.5)
-        for future, _, timer in self._asks.values():
+        # Replies that arrived after the reply task's last read (the drain just answered
+        # them), then the asks nobody will answer here any more.
+        with contextlib.suppress(Exception):
+            while self._asks and (payload := await self.client.lpop(self.reply_key)):
+                self._answer(payload)
+        for future, key, timer in self._asks.values():
             timer.cancel()
-            future.set_exception((RuntimeError, RuntimeError("the node stopped"), None))
+            error = RuntimeStopped(f"the runtime stopped before the reply for key {key!r} came")
+            future.set_exception((RuntimeStopped, error, None))
         self._asks.clear()
         await self.client.aclose()
 
@@ -188,11 +197,11 @@ class ClusterNode(Leases, Reader, Commits):
             self._wake_outbox.clear()
             batch, self._outbox = self._outbox, []
             while batch and not self._closing:
-                pipe = self.client.pipeline(transaction=False)
-                for stream, fields, _ in batch:
-                    pipe.xadd(stream, fields)
                 try:
-                    await pipe.execute()
+                    async with self.client.pipeline(transaction=False) as pipe:
+                        for stream, fields, _ in batch:
+                            pipe.xadd(stream, fields)
+                        await pipe.execute()
                 except asyncio.CancelledError:
                     raise
                 except Exception as exc:
@@ -230,23 +239,26 @@ class ClusterNode(Leases, Reader, Commits):
                 self.log.warning("cluster_reply_read_failed", error=repr(exc))
                 await asyncio.sleep(0.1)
                 continue
-            if got is None:
-                continue
-            try:
-                corr, ok, value = self.codec.loads(got[1])
-            except (CodecError, TypeError, ValueError) as exc:
-                self.log.error("cluster_reply_undecodable", error=str(exc))
-                continue
-            entry = self._asks.pop(corr, None)
-            if entry is None:
-                continue  # it timed out already
-            future, key, timer = entry
-            timer.cancel()
-            if ok:
-                future.set(value)
-            else:
-                error = error_of(key, value)
-                future.set_exception((type(error), error, None))
+            if got is not None:
+                self._answer(got[1])
+
+    def _answer(self, payload: bytes) -> None:
+        """Resolve the ask a reply is for (none: it timed out already)."""
+        try:
+            corr, ok, value = self.codec.loads(payload)
+        except (CodecError, TypeError, ValueError) as exc:
+            self.log.error("cluster_reply_undecodable", error=str(exc))
+            return
+        entry = self._asks.pop(corr, None)
+        if entry is None:
+            return
+        future, key, timer = entry
+        timer.cancel()
+        if ok:
+            future.set(value)
+        else:
+            error = error_of(key, value)
+            future.set_exception((type(error), error, None))
 
     # -- introspection ----------------------------------------------------------------------
 

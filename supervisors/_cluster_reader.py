@@ -64,6 +64,8 @@ class Reader(NodeState):
         except asyncio.CancelledError:
             raise
         except Exception as exc:
+            if self.owned.get(shard.index) is not shard:
+                return  # released (a stop, a handoff) while it ran: nothing to report
             if "FENCED" in str(exc):
                 self.counts["fenced"] += 1
             self.log.warning("cluster_takeover_failed", shard=shard.index, error=repr(exc))
@@ -111,15 +113,15 @@ class Reader(NodeState):
             ]
             got = 0
             if readable:
-                pipe = self.client.pipeline(transaction=False)
-                for shard in readable:
-                    await self._read(
-                        keys=[self.key(shard.index, n) for n in ("lease", "qp", "q")],
-                        args=[shard.token, cfg.read_count, ">", ">"],
-                        client=pipe,
-                    )
                 try:
-                    results = await pipe.execute(raise_on_error=False)
+                    async with self.client.pipeline(transaction=False) as pipe:
+                        for shard in readable:
+                            await self._read(
+                                keys=[self.key(shard.index, n) for n in ("lease", "qp", "q")],
+                                args=[shard.token, cfg.read_count, ">", ">"],
+                                client=pipe,
+                            )
+                        results = await pipe.execute(raise_on_error=False)
                 except asyncio.CancelledError:
                     raise
                 except Exception as exc:

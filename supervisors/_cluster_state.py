@@ -107,6 +107,7 @@ class NodeState:
         self._wake_reader = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []
         self._closing = False
+        self._stopping = False  # stop() began: hand off, acquire nothing
         self._started_at = 0.0
         self._last_renew = 0.0
         self.core: _Core | None = None
