@@ -29,7 +29,7 @@ python_for  = $(if $(filter $(1),$(PY_VERSION)),$(PY),$(or $(PYTHON_$(1)), \
                   $(shell command -v python$(1) 2>/dev/null)))
 venv_for    = $(if $(filter $(1),$(PY_VERSION)),$(VENV),$(VENV)/py$(1))
 
-.PHONY: test lint typecheck pytest pytest-compiled compiled demo bench bench-quick clean $(SUITES)
+.PHONY: test lint typecheck pytest pytest-compiled compiled demo demo-cluster bench bench-quick clean $(SUITES)
 
 $(BIN)/python:
 	$(PY) -m venv $(VENV)
@@ -111,6 +111,11 @@ pytest-compiled: $(COMPILED)/.built
 
 demo: $(STAMP)
 	$(BIN)/python -m examples.chat_backend
+
+# Three node processes and a producer on an embedded Valkey server (127.0.0.1), one node
+# killed midway. Options go in DEMO_ARGS, e.g. make demo-cluster DEMO_ARGS="--users 60".
+demo-cluster: $(STAMP)
+	$(BIN)/python -m examples.cluster_demo $(DEMO_ARGS)
 
 # Benchmarks measure the package as installed by users: compiled.
 # Options go in BENCH_ARGS, e.g. make bench BENCH_ARGS="--repeat 3 --markdown".
