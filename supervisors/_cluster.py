@@ -54,6 +54,9 @@ class RedisCluster:
             the owner drops a request still waiting then (`Dropped("expired")`).
         dedup_window: seconds a `msg_id` is remembered: a second message with the
             same id within it is acknowledged without running.
+        max_deliveries: a message delivered this many times without an outcome (each
+            owner died while running it: a message that kills its process) is
+            dead-lettered ("poison") instead of run again.
         max_payload: bytes of one encoded message (the codec's limit).
     """
 
@@ -71,6 +74,7 @@ class RedisCluster:
     max_inflight: int = 5000
     ask_timeout: float = 30.0
     dedup_window: float = 86_400.0
+    max_deliveries: int = 5
     max_payload: int = 1_048_576
 
     def __post_init__(self) -> None:
@@ -85,7 +89,14 @@ class RedisCluster:
         if self.role not in ("node", "sender"):
             msg = f"role must be 'node' or 'sender', got {self.role!r}"
             raise ValueError(msg)
-        for name in ("n_shards", "max_handoffs", "read_count", "max_inflight", "max_payload"):
+        for name in (
+            "n_shards",
+            "max_handoffs",
+            "read_count",
+            "max_inflight",
+            "max_payload",
+            "max_deliveries",
+        ):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 msg = f"{name} must be an int >= 1, got {value!r}"

@@ -38,6 +38,7 @@ class Reader(NodeState):
                         break
             after_qp = after_q = b"0"
             replayed = 0
+            firsts: set[tuple[Any, int]] = set()
             while True:
                 result = await self._read(
                     keys=[self.key(shard.index, n) for n in ("lease", "qp", "q")],
@@ -49,7 +50,8 @@ class Reader(NodeState):
                 counts = await self._deliveries(shard, entries)
                 for lane, rows in enumerate(entries):
                     for entry_id, fields in rows:
-                        self._dispatch(shard, lane, entry_id, fields, counts.get(entry_id, 2), True)
+                        attempt = counts.get(entry_id, 2)
+                        self._dispatch(shard, lane, entry_id, fields, attempt, True, firsts)
                         replayed += 1
                 if entries[0]:
                     after_qp = entries[0][-1][0]
@@ -192,7 +194,9 @@ class Reader(NodeState):
         fields: dict[bytes, bytes],
         attempt: int,
         redelivered: bool,
+        firsts: set[tuple[Any, int]] | None = None,
     ) -> None:
+        """Hand one entry to its key's actor (`firsts`: the keys seen so far in a replay)."""
         core = self.core
         assert core is not None
         reply_key, corr = reply_of(fields)
@@ -208,6 +212,21 @@ class Reader(NodeState):
                 (fields.get(b"e", b""), "undecodable", "CodecError", str(exc))
             )
             self._commit_now(item, "undecodable")
+            return
+        # Only a key's first replayed entry (per lane) can have been running when its owner
+        # died: later ones were read ahead, their delivery count says nothing.
+        first = firsts is not None and (record.key, stream) not in firsts
+        if firsts is not None:
+            firsts.add((record.key, stream))
+        if first and attempt > self.config.max_deliveries:
+            # Delivered that often without an outcome: each owner died while running it
+            # (a message that kills its process). Skipped, as a dead letter, so that the
+            # key's later messages run and the nodes stop dying one after the other.
+            self.log.error(
+                "message_poisonous", shard=shard.index, key=record.key, deliveries=attempt - 1
+            )
+            item.dead = self.codec.dumps((fields[b"e"], "poison", "", f"{attempt - 1} deliveries"))
+            self._commit_now(item, "poison")
             return
         if msg_id:
             if msg_id in self._live_ids:  # a copy replayed beside its original

@@ -352,3 +352,32 @@ async def test_a_stopping_node_acquires_nothing_and_releases_every_lease(redis_u
     finally:
         await client.aclose()
     assert leases == [None] * 8
+
+
+async def test_a_message_that_keeps_killing_its_owner_is_dead_lettered(redis_url: str) -> None:
+    """Past `max_deliveries` deliveries without an outcome (its owners died running it),
+    a message is skipped as a dead letter ("poison") and the key's next messages run."""
+    import redis.asyncio as aioredis
+
+    async with node(redis_url, "a", max_deliveries=1) as a:
+        await until(lambda: len(owned(a)) == 8)
+        b = Runtime(Bot, cluster=config(redis_url, max_deliveries=1), idle_timeout=None)
+        await b.start()
+        NODE[id(b._core)] = "b"
+        await until(lambda: len(owned(b)) > 0)
+        victim = next(k for k in (f"p{n}" for n in range(100)) if _shard(k) in owned(b))
+        a.tell(victim, "block")
+        a.tell(victim, "after")
+        await until(lambda: handled(victim) == ["block"])
+        b._node._closing = True  # type: ignore[union-attr]  # "b" dies running it
+        for task in list(b._node._tasks):  # type: ignore[union-attr]
+            task.cancel()
+        await until(lambda: "after" in handled(victim), seconds=10)
+        await b.stop(drain=False)
+        assert handled(victim) == ["block", "after"]  # "block" did not run again
+        client = aioredis.Redis.from_url(redis_url)
+        try:
+            dead = await client.xlen(f"inorder:{{inorder:{_shard(victim)}}}:dlq")
+        finally:
+            await client.aclose()
+        assert dead == 1
