@@ -78,6 +78,7 @@ class Durable:
         "codec",
         "journal",
         "log",
+        "max_deliveries",
         "replayed",
     )
 
@@ -97,6 +98,7 @@ class Durable:
         self.broken: BaseException | None = None
         self.closed = False
         self.replayed = 0
+        self.max_deliveries = 5  # started this often without an outcome: poison
 
     # -- accepting ---------------------------------------------------------------------
 
@@ -337,6 +339,14 @@ class Durable:
             core.accepted += 1
             count += 1
             key = record.key
+            if pending.attempts >= self.max_deliveries:
+                # Its handler started that often and the process died each time (a message
+                # that kills its process): skipped, so that the key and the runtime go on.
+                core.log.error(
+                    "message_poisonous", key=key, seq=pending.seq, starts=pending.attempts
+                )
+                outcomes.on_dropped(key, envelope, "poison", pending.attempts)
+                continue
             if record.expires_at is not None and record.expires_at <= now_wall:
                 outcomes.on_dropped(key, envelope, "expired", pending.attempts)
                 continue

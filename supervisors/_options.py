@@ -28,6 +28,7 @@ class RuntimeOptions:
     dead_letter_limit: int
     max_workers: int | None
     batch: int
+    max_deliveries: int = 5
 
     def __post_init__(self) -> None:
         factory: Any = self.actor_factory
@@ -44,6 +45,7 @@ class RuntimeOptions:
         _positive_int("max_pending", self.max_pending)
         _positive_int("batch", self.batch)
         _positive_int("dead_letter_limit", self.dead_letter_limit)
+        _positive_int("max_deliveries", self.max_deliveries)
         for name in ("max_total_pending", "max_active", "max_workers"):
             value = getattr(self, name)
             if value is not None:

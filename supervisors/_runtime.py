@@ -101,6 +101,9 @@ class Runtime(Messaging):
             or the path of an SQLite journal, opened at `start()`. Accepted messages are
             journaled, replayed after a restart, and actor snapshots and dead letters
             kept in it (README, "Durability"). The runtime closes it when it stops.
+        max_deliveries: with a store, a message whose handler started this many times
+            without an outcome (the process died running it each time: a message that
+            kills its process) is dead-lettered ("poison") at the next start, not run again.
         codec: the `actors.Codec` that encodes messages and snapshots for the store (and
             the cluster), with the application's types registered (default: plain values).
         cluster: a `RedisCluster`: this runtime is one node of several on Redis (README,
@@ -123,6 +126,7 @@ class Runtime(Messaging):
         log_level: int | str | None = None,
         max_workers: int | None = None,
         batch: int = 64,
+        max_deliveries: int = 5,
         store: Journal | str | os.PathLike[str] | None = None,
         codec: Codec | None = None,
         cluster: RedisCluster | None = None,
@@ -137,6 +141,7 @@ class Runtime(Messaging):
             dead_letter_limit=dead_letter_limit,
             max_workers=max_workers,
             batch=batch,
+            max_deliveries=max_deliveries,
         )
         self._policy = restart if restart is not None else RestartPolicy()
         self._on_escalate = on_escalate or _stop_on_escalate
@@ -175,7 +180,11 @@ class Runtime(Messaging):
         log = library_logger(self._log_level)
         # First, so that a journal that cannot be opened (or a Redis that cannot be
         # reached) leaves nothing started.
-        durable = None if self._store is None else open_store(self._store, self._codec, loop, log)
+        durable = (
+            None
+            if self._store is None
+            else open_store(self._store, self._codec, loop, log, self._options.max_deliveries)
+        )
         node = None
         if self._cluster is not None:
             node = ClusterNode(self._cluster, self._codec, loop, log)

@@ -66,11 +66,17 @@ def check_store(store: Any, codec: Any) -> tuple[Journal | str | None, Codec]:
 
 
 def open_store(
-    store: Journal | str, codec: Codec, loop: asyncio.AbstractEventLoop, log: Any
+    store: Journal | str,
+    codec: Codec,
+    loop: asyncio.AbstractEventLoop,
+    log: Any,
+    max_deliveries: int = 5,
 ) -> Durable:
     """The runtime's `Durable` on `store`, opening the SQLite journal at a path."""
     journal: Journal = SQLiteJournal(store) if isinstance(store, str) else store
-    return Durable(journal, codec, loop, log)
+    durable = Durable(journal, codec, loop, log)
+    durable.max_deliveries = max_deliveries
+    return durable
 
 
 def check_cluster(cluster: Any, store: Any) -> RedisCluster | None:

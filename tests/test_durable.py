@@ -640,3 +640,29 @@ async def test_a_handlers_tell_after_the_drain_is_kept_for_the_next_start(
     # The first run's tell (made while the stop closed) was kept; the replayed "block"
     # (a redelivery, attempt 2) tells again.
     assert sorted(m for _, m, _, _ in LOG) == ["block", "told-on-attempt-1", "told-on-attempt-2"]
+
+
+async def test_a_message_that_keeps_killing_its_process_becomes_a_dead_letter(
+    tmp_path: Path,
+) -> None:
+    """Started `max_deliveries` times without an outcome (each run ended while it ran):
+    at the next start it is dead-lettered ("poison") and the key's next message runs."""
+    path = tmp_path / "j.db"
+    GATE["open"] = asyncio.Event()  # never set: "block" never finishes
+    for run in range(2):
+        rt = runtime(path, max_deliveries=2)
+        await rt.start()
+        if run == 0:
+            rt.tell("k", "block")
+            rt.tell("k", "after")
+        await in_flight(rt, 1)
+        await rt.stop(drain=False)
+    LOG.clear()
+    with structlog.testing.capture_logs() as logs:
+        async with runtime(path, max_deliveries=2) as rt:
+            await settle(rt)
+            (letter,) = rt.dead_letters()
+    assert (letter.message, letter.reason, letter.attempts) == ("block", "poison", 2)
+    assert [m for _, m, _, _ in LOG] == ["after"]
+    assert any(e["event"] == "message_poisonous" for e in logs)
+    assert journal_counts(path) == (0, 1)
