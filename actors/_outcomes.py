@@ -29,6 +29,9 @@ __all__ = ["DeadLetter", "JournalHook", "Outcomes"]
 
 # Drops the application asked for: a /clear, a shutdown, a ttl, a withdrawn ask.
 _REQUESTED = frozenset({"cleared", "shutdown", "expired", "withdrawn"})
+# Not a dead letter at all: the message lives on elsewhere (a cluster node that lost its
+# shard's lease lets go of what waits for it here; the shard's next owner runs it).
+_HANDED_OVER = frozenset({"fenced"})
 
 
 @final
@@ -194,6 +197,8 @@ class Outcomes:
         reply_to = envelope.reply_to
         if reply_to is not None:
             reply_to.set_exception(_exc_info(error))
+        if reason in _HANDED_OVER:
+            return
         self._dead_letter(
             DeadLetter(
                 key, envelope.message, reason, error, envelope.priority, attempts, cause, journal_id
