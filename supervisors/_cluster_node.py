@@ -76,16 +76,21 @@ class ClusterNode(Leases, Reader, Commits):
         except ImportError as exc:  # the optional extra
             msg = "the cluster mode needs redis-py: pip install 'inorder[redis]'"
             raise ImportError(msg) from exc
-        self.client = aioredis.Redis.from_url(self.config.url, max_connections=32)
+        # A pool that makes a command wait for a free connection rather than fail: a
+        # node taking over many shards at once must not lose takeovers to the pool size.
+        pool = aioredis.BlockingConnectionPool.from_url(
+            self.config.url, max_connections=32, timeout=None
+        )
+        self.client = aioredis.Redis(connection_pool=pool)
         config_key = f"{self.ns}:config"
         try:
             await self.client.hsetnx(config_key, "n_shards", self.config.n_shards)
             stored = int(await self.client.hget(config_key, "n_shards"))
         except BaseException:
-            await self.client.aclose()
+            await self.client.aclose(close_connection_pool=True)
             raise
         if stored != self.config.n_shards:
-            await self.client.aclose()
+            await self.client.aclose(close_connection_pool=True)
             msg = (
                 f"namespace {self.ns!r} has {stored} shards in Redis, this node is configured "
                 f"with n_shards={self.config.n_shards}: every node must use the same number"
@@ -148,7 +153,7 @@ class ClusterNode(Leases, Reader, Commits):
             error = RuntimeStopped(f"the runtime stopped before the reply for key {key!r} came")
             future.set_exception((RuntimeStopped, error, None))
         self._asks.clear()
-        await self.client.aclose()
+        await self.client.aclose(close_connection_pool=True)
 
     # -- sending ----------------------------------------------------------------------------
 

@@ -68,10 +68,17 @@ class Reader(NodeState):
         except Exception as exc:
             if self.owned.get(shard.index) is not shard:
                 return  # released (a stop, a handoff) while it ran: nothing to report
-            if "FENCED" in str(exc):
+            fenced = "FENCED" in str(exc)
+            if fenced:
                 self.counts["fenced"] += 1
             self.log.warning("cluster_takeover_failed", shard=shard.index, error=repr(exc))
             self._lose(shard, "takeover failed")
+            if not fenced:  # still ours: give the lease back, so that a tick takes it again
+                with contextlib.suppress(Exception):
+                    await self._release(
+                        keys=[self.key(shard.index, "lease"), self.key(shard.index, "log")],
+                        args=[shard.token],
+                    )
             return
         if shard.phase == "replay":
             shard.phase = "read"

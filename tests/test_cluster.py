@@ -125,13 +125,13 @@ async def test_two_nodes_split_the_shards_and_route_to_the_owner(redis_url: str)
             assert mine == sorted(mine)
 
 
-def settled(*nodes: Runtime) -> bool:
+def settled(*nodes: Runtime, n: int = 8) -> bool:
     """Every shard owned by the node rendezvous hashing gives it, none in a handoff."""
     from supervisors._shards import owner_of
 
     ids = [rt.stats()["cluster"]["node"] for rt in nodes]
     holder = {s: node_id for rt, node_id in zip(nodes, ids, strict=True) for s in owned(rt)}
-    return all(holder.get(s) == owner_of(s, ids) for s in range(8))
+    return all(holder.get(s) == owner_of(s, ids) for s in range(n))
 
 
 async def test_a_failed_ask_raises_a_clear_error_in_the_caller(redis_url: str) -> None:
@@ -381,3 +381,26 @@ async def test_a_message_that_keeps_killing_its_owner_is_dead_lettered(redis_url
         finally:
             await client.aclose()
         assert dead == 1
+
+
+async def test_taking_over_many_shards_at_once_loses_none_to_the_connection_pool(
+    redis_url: str,
+) -> None:
+    """Found by the cluster benchmark: 32+ takeovers at once exhausted the client's pool, and
+    each failed takeover left its shard for a second lease time."""
+    import structlog
+
+    with structlog.testing.capture_logs() as logs:
+        async with node(redis_url, "a", n_shards=96) as a:
+            b = Runtime(Bot, cluster=config(redis_url, n_shards=96), idle_timeout=None)
+            await b.start()
+            await until(lambda: settled(a, b, n=96))
+            for n in range(300):
+                a.tell(f"m{n}", n)  # some pending on "b"'s shards when it dies
+            b._node._closing = True  # type: ignore[union-attr]
+            for task in list(b._node._tasks):  # type: ignore[union-attr]
+                task.cancel()
+            await until(lambda: len(owned(a)) == 96, seconds=10)
+            await until(lambda: {m for _, _, m, _, _ in SEEN} >= set(range(300)), seconds=10)
+            await b.stop(drain=False)
+    assert not [e for e in logs if e["event"] == "cluster_takeover_failed"]
