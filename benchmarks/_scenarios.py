@@ -9,7 +9,8 @@ ratios. Each scenario states its target and checks it on the medians.
 
 The workloads themselves live in ``_throughput.py`` (P1, P2, thread
 producers, logging), ``_load.py`` (P5, P6, P7), ``_memory.py`` (P3, P4),
-``_failures.py`` (keys that fail once) and ``_durable.py`` (the journal).
+``_failures.py`` (keys that fail once), ``_durable.py`` (the journal) and
+``_cluster.py`` (the cluster mode on Redis, with node processes).
 """
 
 from __future__ import annotations
@@ -220,7 +221,7 @@ def error_cell(case: str, peer: str, exc: BaseException) -> Cell:
 
 def all_scenarios() -> list[Scenario]:
     """Every scenario, in the order of the table."""
-    from benchmarks import _durable, _failures, _load, _memory, _throughput
+    from benchmarks import _cluster, _durable, _failures, _load, _memory, _throughput
 
     return [
         *_throughput.SCENARIOS[:2],
@@ -229,6 +230,7 @@ def all_scenarios() -> list[Scenario]:
         *_throughput.SCENARIOS[2:],
         *_failures.SCENARIOS,
         *_durable.SCENARIOS,
+        *_cluster.SCENARIOS,
     ]
 
 

@@ -20,7 +20,8 @@ from typing import Any
 
 import pytest
 
-from benchmarks import _durable
+from benchmarks import _cluster, _durable
+from benchmarks._cluster_child import Trace, read_trace
 from benchmarks._failures import NO_FAILURE
 from benchmarks._peers import INTERRUPT, AsyncioQueuePeer, LockPeer, PromiseQueuePeer
 from benchmarks._pykka_peer import PykkaThreadPeer
@@ -164,6 +165,102 @@ def test_quick_run_measures_the_journal(quick_results: dict[str, Any]) -> None:
     assert throughput["commits"] >= 1
     assert throughput["settled_s"] >= throughput["seconds"] > 0
     assert [c["measured"] is not None for c in scenario["checks"]] == [True] * 3
+
+
+@pytest.mark.timeout(150)
+def test_quick_run_measures_the_cluster(quick_results: dict[str, Any]) -> None:
+    """cluster (issue 10): every case and column; what was handled adds up; no timing."""
+    (scenario,) = [s for s in quick_results["scenarios"] if s["name"] == "cluster"]
+    one, two = _cluster.throughput_case(1), _cluster.throughput_case(2)
+    cases = {c["case"]: c["results"] for c in scenario["cases"]}
+    assert list(cases) == [
+        one,
+        two,
+        _cluster.CPU_CASE,
+        _cluster.COMMANDS_CASE,
+        _cluster.FAILOVER_CASE,
+    ]
+    for name, results in cases.items():
+        assert set(results) == set(_cluster.COLUMNS), name
+        assert all(_positive(r["value"]) for r in results.values()), name
+    sizes = _cluster.Sizes.of(Params.for_quick())
+    for processes, case in ((1, one), (2, two)):
+        for column, result in cases[case].items():
+            extra, where = result["extra"], (case, column)
+            assert extra["processes"] == processes, where
+            assert extra["users"] == sizes.users, where
+            assert extra["messages"] > 0, where
+            assert extra["messages"] % (sizes.users * _cluster.BURST) == 0, where
+            if processes == 1:  # no kill: nothing lost, nothing twice, one worker in order
+                assert extra["lost"] == extra["duplicates"] == 0, where
+                assert extra["order_violations"] == 0, where
+    for case in (one, two):  # the runtime and the list under a lock keep per-user order
+        for column in (SUBJECT, _cluster.LIST_LOCK):
+            assert cases[case][column]["extra"]["order_violations"] == 0, (case, column)
+    runtime = cases[two][SUBJECT]["extra"]
+    assert runtime["lost"] == 0  # a kill -9 loses nothing; what was in flight comes again
+    assert runtime["duplicates"] <= runtime["handled_after_kill"]
+    commands = cases[_cluster.COMMANDS_CASE][SUBJECT]
+    assert abs(commands["extra"]["cmd_xadd_per_msg"] - 1.0) < 0.01  # one XADD per message
+    assert commands["value"] == pytest.approx(sum(commands["extra"].values()))
+    failover = cases[_cluster.FAILOVER_CASE][SUBJECT]["extra"]
+    assert failover["lease_ttl"] == sizes.lease_ttl
+    assert failover["handled_after_kill"] > 0
+    assert failover["load_rate"] == _cluster.LOAD_RATE
+    assert len(scenario["checks"]) == 6
+    assert all(c["measured"] is not None for c in scenario["checks"])
+
+
+def test_cluster_script_reports_every_figure(capsys: pytest.CaptureFixture[str]) -> None:
+    """benchmarks.cluster (one measurement, its own embedded server) runs and prints it."""
+    from benchmarks.cluster import main
+
+    main(["--quick", "--processes", "1", "--users", "50", "--messages", "800"])
+
+    out = capsys.readouterr().out
+    assert out.startswith("inorder, 1 process(es)")
+    for name in ("msg_per_s", "cpu_us_per_msg", "commands_per_msg", "order_violations"):
+        assert f"  {name} " in out
+    assert "    xadd " in out
+
+
+def test_cluster_analysis_counts_order_duplicates_losses_and_the_wait_after_a_kill() -> None:
+    """The records of several processes, merged by time (analyse is the scenario's judge)."""
+    workload = _cluster.Workload(2)
+    workload.warm_up()  # (0, 0), (1, 0)
+    for _ in range(3):
+        workload.next(0)  # (0, 1) .. (0, 3)
+    workload.next(1)  # (1, 1): never handled
+    workload.sent_at.update({(0, 2): 4.5, (0, 3): 5.0})
+    records = [
+        (0, 0, 1.0),
+        (1, 0, 1.5),
+        (0, 1, 2.0),
+        (0, 3, 6.0),  # after the kill at 4.0, sent at 5.0: waited 1.0
+        (0, 2, 7.5),  # out of order (3 came first), sent at 4.5: waited 3.0
+        (0, 3, 8.0),  # handled twice
+    ]
+    out = _cluster.analyse(list(reversed(records)), workload, kill_at=4.0)
+    assert out["order_violations"] == 1
+    assert out["duplicates"] == 1
+    assert out["lost"] == 1
+    assert out["failover_s"] == pytest.approx(3.0)
+    assert out["handled_after_kill"] == 2
+    assert "failover_s" not in _cluster.analyse(records, workload, kill_at=None)
+
+
+def test_cluster_trace_written_through_survives_without_close(tmp_path: Path) -> None:
+    """After `sync`, a record is in the file at once: a process killed with SIGKILL
+    leaves every message it handled (buffered ones are written when it switches)."""
+    path = tmp_path / "trace.bin"
+    trace = Trace(str(path))
+    trace.record(7, 1)
+    assert read_trace(str(path)) == []
+    trace.write_through()
+    trace.record(7, 2)
+    assert [(u, s) for u, s, _ in read_trace(str(path))] == [(7, 1), (7, 2)]
+    trace.close()
+    assert trace.count == 2
 
 
 @pytest.mark.parametrize("column", [*_durable.COLUMNS, _durable.STUB])
