@@ -10,6 +10,7 @@ import os
 import sys
 from typing import Any
 
+import actors
 from benchmarks._measure import ROOT
 from benchmarks._peers import IDLE, Peer
 from benchmarks._runtime_peer import InorderPeer
@@ -29,6 +30,12 @@ from benchmarks._scenarios import (
 CHILD_TIMEOUT = 1_800.0
 
 
+# The same build as this process for the children: the directory `actors` came from
+# first (the compiled copy under `make bench`), and -P so that the working directory's
+# sources cannot shadow it.
+_BUILT = os.path.dirname(os.path.dirname(os.path.abspath(actors.__file__ or "")))
+
+
 class ChildFailed(RuntimeError):
     """A child measurement exited with an error."""
 
@@ -38,9 +45,10 @@ async def in_child(**spec: Any) -> dict[str, float]:
     from benchmarks._child import RESULT_MARK
 
     env = dict(os.environ)
-    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), env.get("PYTHONPATH")]))
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [_BUILT, str(ROOT), env.get("PYTHONPATH")]))
     proc = await asyncio.create_subprocess_exec(
         sys.executable,
+        "-P",
         "-m",
         "benchmarks._child",
         json.dumps(spec),
