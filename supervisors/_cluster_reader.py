@@ -25,7 +25,18 @@ class Reader(NodeState):
     """Takeover, reads and dispatch of a node."""
 
     async def _take_over(self, shard: Shard) -> None:
-        """Claim what earlier owners left pending and replay it in order, then read new."""
+        """Claim what earlier owners left pending and replay it in order, then read new.
+
+        The takeover counts as in flight while it runs: a handoff asked for meanwhile
+        waits for what it claims and replays.
+        """
+        shard.inflight += 1
+        try:
+            await self._replay(shard)
+        finally:
+            shard.inflight -= 1
+
+    async def _replay(self, shard: Shard) -> None:
         try:
             for stream in ("qp", "q"):
                 cursor = b"0-0"
@@ -47,12 +58,14 @@ class Reader(NodeState):
                 entries = entries_of(result)
                 if not any(entries):
                     break
-                counts = await self._deliveries(shard, entries)
-                for lane, rows in enumerate(entries):
-                    for entry_id, fields in rows:
-                        attempt = counts.get(entry_id, 2)
-                        self._dispatch(shard, lane, entry_id, fields, attempt, True, firsts)
-                        replayed += 1
+                page = [(shard, lane, e, f) for lane, rows in enumerate(entries) for e, f in rows]
+                shard.inflight += len(page)  # a handoff waits for these too
+                try:
+                    counts = await self._deliveries(shard, entries)
+                finally:
+                    shard.inflight -= len(page)
+                await self._hand_over(page, redelivered=True, attempts=counts, firsts=firsts)
+                replayed += len(page)
                 if entries[0]:
                     after_qp = entries[0][-1][0]
                 if entries[1]:
@@ -86,9 +99,10 @@ class Reader(NodeState):
 
     async def _deliveries(
         self, shard: Shard, entries: list[list[tuple[bytes, dict[bytes, bytes]]]]
-    ) -> dict[bytes, int]:
-        counts: dict[bytes, int] = {}
-        for stream, rows in zip(("qp", "q"), entries, strict=True):
+    ) -> dict[tuple[int, bytes], int]:
+        """Redis's delivery count of each replayed entry, by (stream, id)."""
+        counts: dict[tuple[int, bytes], int] = {}
+        for lane, (stream, rows) in enumerate(zip(("qp", "q"), entries, strict=True)):
             if rows:
                 pending = await self.client.xpending_range(
                     self.key(shard.index, stream),
@@ -99,7 +113,7 @@ class Reader(NodeState):
                     consumername=shard.token,
                 )
                 for row in pending:
-                    counts[row["message_id"]] = int(row["times_delivered"])
+                    counts[lane, row["message_id"]] = int(row["times_delivered"])
         return counts
 
     async def _group_positions(self, shard: Shard) -> tuple[bytes, bytes]:
@@ -122,22 +136,22 @@ class Reader(NodeState):
             ]
             got = 0
             if readable:
+                # A read in progress counts as in flight: from the READ on, its entries are
+                # in this owner's consumer, and a handoff must not release the shard under
+                # them (the next owner would redeliver them).
+                for shard in readable:
+                    shard.inflight += 1
                 try:
-                    async with self.client.pipeline(transaction=False) as pipe:
-                        for shard in readable:
-                            await self._read(
-                                keys=[self.key(shard.index, n) for n in ("lease", "qp", "q")],
-                                args=[shard.token, cfg.read_count, ">", ">"],
-                                client=pipe,
-                            )
-                        results = await pipe.execute(raise_on_error=False)
+                    got = await self._read_once(readable)
                 except asyncio.CancelledError:
                     raise
-                except Exception as exc:
+                except Exception as exc:  # never the end of the reading (entries stay pending)
                     self.log.warning("cluster_read_failed", error=repr(exc))
                     await asyncio.sleep(cfg.tick / 4)
                     continue
-                got = await self._take_reads(readable, results)
+                finally:
+                    for shard in readable:
+                        shard.inflight -= 1
             if got:
                 await asyncio.sleep(0)
                 continue
@@ -153,8 +167,21 @@ class Reader(NodeState):
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self._wake_reader.wait(), cfg.tick / 2)
 
+    async def _read_once(self, readable: list[Shard]) -> int:
+        """One fenced read of every readable shard (pipelined), dispatched; entries read."""
+        cfg = self.config
+        async with self.client.pipeline(transaction=False) as pipe:
+            for shard in readable:
+                await self._read(
+                    keys=[self.key(shard.index, n) for n in ("lease", "qp", "q")],
+                    args=[shard.token, cfg.read_count, ">", ">"],
+                    client=pipe,
+                )
+            results = await pipe.execute(raise_on_error=False)
+        return await self._take_reads(readable, results)
+
     async def _take_reads(self, shards: list[Shard], results: list[Any]) -> int:
-        got = 0
+        """Dispatch what one pipelined read brought; returns how many entries it had."""
         fresh: list[tuple[Shard, int, bytes, dict[bytes, bytes]]] = []
         for shard, result in zip(shards, results, strict=True):
             if isinstance(result, Exception):
@@ -173,25 +200,85 @@ class Reader(NodeState):
                         shard.last_qp = rows[-1][0]
                     else:
                         shard.last_q = rows[-1][0]
-        if not fresh:
-            return 0
-        ids = [f.get(b"i", b"").decode() for _, _, _, f in fresh]
-        done: dict[str, bool] = {}
-        by_shard: dict[int, list[str]] = {}
-        for (shard, _, _, _), msg_id in zip(fresh, ids, strict=True):
-            if msg_id:
-                by_shard.setdefault(shard.index, []).append(msg_id)
-        for index, msg_ids in by_shard.items():
-            scores = await self.client.zmscore(self.key(index, "done"), msg_ids)
-            done.update({m: s is not None for m, s in zip(msg_ids, scores, strict=True)})
-        for (shard, stream, entry_id, fields), msg_id in zip(fresh, ids, strict=True):
-            if msg_id and (done.get(msg_id) or msg_id in self._live_ids):
+        if fresh:
+            await self._hand_over(fresh, redelivered=False)
+        return len(fresh)
+
+    async def _hand_over(
+        self,
+        rows: list[tuple[Shard, int, bytes, dict[bytes, bytes]]],
+        *,
+        redelivered: bool,
+        attempts: dict[tuple[int, bytes], int] | None = None,
+        firsts: set[tuple[Any, int]] | None = None,
+    ) -> None:
+        """Dispatch entries read into this owner's consumer, duplicates acknowledged.
+
+        While the duplicates are looked up, the entries count as in flight for their
+        shard, so a handoff cannot release it under them; a shard lost meanwhile (fenced)
+        gets nothing: its next owner has the entries.
+        """
+        for shard, _, _, _ in rows:
+            shard.inflight += 1
+        try:
+            duplicates = await self._duplicates(rows)
+        finally:
+            for shard, _, _, _ in rows:
+                shard.inflight -= 1
+        for shard, stream, entry_id, fields in rows:
+            if self.owned.get(shard.index) is not shard:
+                continue
+            if (shard.index, stream, entry_id) in duplicates:
                 self.counts["duplicates"] += 1
                 self._commit_now(Item(shard, stream, entry_id, "", *reply_of(fields)), "duplicate")
                 continue
-            self._dispatch(shard, stream, entry_id, fields, 1, False)
-            got += 1
-        return got or len(fresh)
+            attempt = (attempts or {}).get((stream, entry_id), 2) if redelivered else 1
+            self._dispatch(shard, stream, entry_id, fields, attempt, redelivered, firsts)
+
+    async def _duplicates(
+        self, rows: list[tuple[Shard, int, bytes, dict[bytes, bytes]]]
+    ) -> set[tuple[int, int, bytes]]:
+        """The entries whose `msg_id` ran already: committed (the shard's `done` set), or
+        in flight here. The in-flight ones are taken before the lookup: an original whose
+        commit lands during it leaves the in-flight set after `done` has it. An entry is
+        named by (shard, stream, id): stream ids repeat across streams."""
+        live = self._live_ids
+        seen: set[str] = set()
+        duplicates: set[tuple[int, int, bytes]] = set()
+        lookup: dict[int, list[tuple[tuple[int, int, bytes], str]]] = {}
+        for shard, stream, entry_id, fields in rows:
+            msg_id = fields.get(b"i", b"").decode()
+            if not msg_id:
+                continue
+            name = (shard.index, stream, entry_id)
+            if msg_id in live:
+                duplicates.add(name)
+            elif msg_id not in seen:  # a later copy in this batch: caught at dispatch
+                seen.add(msg_id)
+                lookup.setdefault(shard.index, []).append((name, msg_id))
+        pause = 0.05
+        while lookup:
+            try:
+                answers = await self._done_scores(lookup)
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # Redis restarting: the entries wait in our consumer
+                self.log.warning("cluster_read_failed", error=repr(exc))
+                await asyncio.sleep(pause)
+                pause = min(pause * 2, self.config.tick)
+                continue
+            for pairs, scores in zip(lookup.values(), answers, strict=True):
+                duplicates.update(e for (e, _), score in zip(pairs, scores, strict=True) if score)
+            break
+        return duplicates
+
+    async def _done_scores(self, lookup: dict[int, list[tuple[Any, str]]]) -> list[Any]:
+        """The `done` scores of the msg_ids to look up, per shard (one pipeline)."""
+        async with self.client.pipeline(transaction=False) as pipe:
+            for index, pairs in lookup.items():
+                pipe.zmscore(self.key(index, "done"), [m for _, m in pairs])
+            answers: list[Any] = await pipe.execute()
+        return answers
 
     def _dispatch(
         self,
