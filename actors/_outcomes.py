@@ -54,9 +54,10 @@ class DeadLetter:
     cause: BaseException | None = None
     """For a failed message, the handler's exception; for a drop that a failure caused
     (the key stopped, its restarts gave up), that failure; else None."""
-    journal_id: int | None = None
-    """With a durable store, the id of the journaled record (it survives a restart);
-    else None. A letter restored after a restart carries `RecordedError`s."""
+    journal_id: int | str | None = None
+    """Where the letter is kept beyond this process: with a durable store, the id of its
+    journaled record (int); in cluster mode, its id in Redis (str); else None. A letter
+    restored from either carries `RecordedError`s."""
 
 
 class JournalHook(Protocol):
@@ -72,13 +73,13 @@ class JournalHook(Protocol):
         reason: str,
         error: BaseException | None,
         cause: BaseException | None,
-    ) -> int | None:
+    ) -> int | str | None:
         """Journal a dead letter (acknowledging the message in the same commit); its id.
 
         None if nothing was journaled: a "shutdown" drop stays pending instead.
         """
 
-    def forget_dead_letters(self, ids: list[int]) -> None:
+    def forget_dead_letters(self, ids: list[int | str]) -> None:
         """Remove journaled dead letters (evicted from the retained ones)."""
 
 
@@ -213,7 +214,7 @@ class Outcomes:
         reason: str,
         error: BaseException | None,
         cause: BaseException | None,
-    ) -> int | None:
+    ) -> int | str | None:
         if not envelope.seq or self.journal is None:
             return None
         return self.journal.dead_letter(key, envelope, reason, error, cause)

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+import uuid
 from typing import TYPE_CHECKING, Any
 
 from actors._errors import CodecError, Dropped
@@ -48,7 +49,8 @@ class Commits(NodeState):
         reason: str,
         error: BaseException | None,
         cause: BaseException | None,
-    ) -> int | None:
+    ) -> str | None:
+        """Queue the message's dead letter, kept in Redis with its ack; the letter's id."""
         item = self.inflight.pop(envelope.seq, None)
         envelope.seq = 0
         if item is None:
@@ -69,8 +71,10 @@ class Commits(NodeState):
             item.dead = self.codec.dumps((item.dead, reason, *described))
         except CodecError:
             item.dead = self.codec.dumps((b"", reason, *described))
+        item.dead_id = f"{item.shard.index}:{uuid.uuid4().hex}"
+        self._known_letters.add(item.dead_id)  # retained here already
         self._queue_commit(item)
-        return None
+        return item.dead_id
 
     def describe(self, seq: int) -> tuple[str | None, int | None]:
         """(msg_id, fencing epoch) of a message this node runs (`ctx.message_id`, `ctx.epoch`)."""
@@ -79,11 +83,13 @@ class Commits(NodeState):
             return None, None
         return item.msg_id or None, int(item.shard.token.rsplit("|", 1)[1])
 
-    def forget_dead_letters(self, ids: list[int]) -> None:
+    def forget_dead_letters(self, ids: list[int | str]) -> None:
         """Dead letters live in the shards' streams in Redis: nothing kept here."""
 
     def _commit_now(self, item: Item, reason: str) -> None:
         item.shard.inflight += 1
+        if item.dead and not item.dead_id:
+            item.dead_id = f"{item.shard.index}:{uuid.uuid4().hex}"
         if item.reply_key:
             item.reply = RemoteReply()
             item.reply.set_exception(Dropped("?", reason))
@@ -110,8 +116,8 @@ class Commits(NodeState):
         calls: list[tuple[Shard, list[Item], list[str], list[Any]]] = []
         for index, items in by_shard.items():
             shard = items[0].shard
-            keys = [self.key(index, n) for n in ("lease", "qp", "q", "done", "dlq")]
-            args: list[Any] = [shard.token, int(seconds * 1000), window]
+            keys = [self.key(index, n) for n in ("lease", "qp", "q", "done", "dlq", "dlqx")]
+            args: list[Any] = [shard.token, int(seconds * 1000), window, self.dead_letter_limit]
             for item in items:
                 reply_index = 0
                 payload = b""
@@ -119,7 +125,15 @@ class Commits(NodeState):
                     keys.append(item.reply_key)
                     reply_index = len(keys)
                     payload = self._reply_payload(item)
-                args += [item.stream, item.entry, item.msg_id, reply_index, payload, item.dead]
+                args += [
+                    item.stream,
+                    item.entry,
+                    item.msg_id,
+                    reply_index,
+                    payload,
+                    item.dead_id,
+                    item.dead,
+                ]
             calls.append((shard, items, keys, args))
         while True:
             try:

@@ -205,7 +205,11 @@ class ClusterNode(Leases, Reader, Commits):
                 try:
                     async with self.client.pipeline(transaction=False) as pipe:
                         for stream, fields, _ in batch:
-                            pipe.xadd(stream, fields)
+                            if stream:
+                                pipe.xadd(stream, fields)
+                            else:  # a redelivered dead letter, forgotten after its message
+                                pipe.hdel(fields["dlq"], fields["id"])
+                                pipe.zrem(fields["dlqx"], fields["id"])
                         await pipe.execute()
                 except asyncio.CancelledError:
                     raise
@@ -223,6 +227,17 @@ class ClusterNode(Leases, Reader, Commits):
         for _, _, waiter in self._outbox:  # the node stopped with these unsent
             if waiter is not None and not waiter.done():
                 waiter.set_exception(RuntimeStopped("the node stopped before sending it"))
+
+    def forget_letter(self, letter_id: str) -> None:
+        """Remove a dead letter kept in Redis once it was redelivered (loop thread).
+
+        Queued behind the redelivered message in the outbox, which writes in order: a
+        crash in between leaves the letter and the message, never neither.
+        """
+        shard = int(letter_id.partition(":")[0])
+        fields = {"dlq": self.key(shard, "dlq"), "dlqx": self.key(shard, "dlqx"), "id": letter_id}
+        self._outbox.append(("", fields, None))
+        self._wake_outbox.set()
 
     def _ask_expired(self, corr: str) -> None:
         entry = self._asks.pop(corr, None)

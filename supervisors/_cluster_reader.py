@@ -16,7 +16,15 @@ import time
 from typing import Any
 
 from actors._errors import CodecError
-from supervisors._cluster_state import Item, NodeState, RemoteReply, Shard, entries_of, reply_of
+from supervisors._cluster_state import (
+    Item,
+    NodeState,
+    RemoteReply,
+    Shard,
+    entries_of,
+    letter_of,
+    reply_of,
+)
 
 __all__ = ["Reader"]
 
@@ -38,6 +46,7 @@ class Reader(NodeState):
 
     async def _replay(self, shard: Shard) -> None:
         try:
+            await self._load_dead_letters(shard)
             for stream in ("qp", "q"):
                 cursor = b"0-0"
                 while True:
@@ -96,6 +105,22 @@ class Reader(NodeState):
         if shard.phase == "replay":
             shard.phase = "read"
         self._wake_reader.set()
+
+    async def _load_dead_letters(self, shard: Shard) -> None:
+        """Retain the shard's dead letters kept in Redis, so that this owner's
+        `dead_letters()` lists them and `redeliver()` works on them."""
+        core = self.core
+        if core is None:
+            return
+        ids = await self.client.zrange(self.key(shard.index, "dlqx"), 0, -1)
+        ids = [i.decode() for i in ids if i.decode() not in self._known_letters]
+        if not ids:
+            return
+        payloads = await self.client.hmget(self.key(shard.index, "dlq"), ids)
+        for letter_id, payload in zip(ids, payloads, strict=True):
+            if payload is not None:
+                self._known_letters.add(letter_id)
+                core.outcomes.retain(letter_of(self.codec, letter_id, payload))
 
     async def _deliveries(
         self, shard: Shard, entries: list[list[tuple[bytes, dict[bytes, bytes]]]]

@@ -8,7 +8,8 @@ keys share one Redis Cluster slot):
 * `q` and `qp`: the streams of the shard's messages of priority 0 and > 0, with
   the consumer group `rt` (a consumer per ownership: the token);
 * `done`: msg_id -> commit time, the dedup window;
-* `dlq`: the shard's dead letters; `log`: ownership events (capped).
+* `dlq` and `dlqx`: the shard's dead letters (by id) and their order, capped;
+* `log`: ownership events (capped).
 
 Every script that reads into the group, claims, acknowledges, replies or
 dead-letters first checks `GET lease == token` and fails with `FENCED`
@@ -81,30 +82,39 @@ local r = redis.call('XAUTOCLAIM', KEYS[2], 'rt', ARGV[1], 0, ARGV[2], 'COUNT', 
 return {r[1], r[2]}
 """
 
-#: KEYS: lease, qp, q, done, dlq, then the reply lists named by the items.
-#: ARGV: token, now_ms, dedup window ms, then per item 6 values: stream (0: qp, 1: q),
-#: entry id, msg_id or '', reply list index into KEYS (0: none), reply payload,
-#: dead-letter payload or ''. Atomically, per item: the dedup mark, the ask's reply,
-#: the dead letter; then the acknowledgements, and the entries are deleted (acked
-#: entries are never read again: the streams stay as long as the backlog). A crash can
-#: therefore never acknowledge an ask without its reply.
+#: KEYS: lease, qp, q, done, dlq (hash: letter id -> payload), dlqx (zset: letter id ->
+#: time), then the reply lists named by the items. ARGV: token, now_ms, dedup window ms,
+#: dead letters kept, then per item 7 values: stream (0: qp, 1: q), entry id, msg_id or
+#: '', reply list index into KEYS (0: none), reply payload, dead-letter id or '', its
+#: payload. Atomically, per item: the dedup mark, the ask's reply, the dead letter; then
+#: the acknowledgements, and the entries are deleted (acked entries are never read again:
+#: the streams stay as long as the backlog); the oldest dead letters past the limit go.
+#: A crash can therefore never acknowledge an ask without its reply.
 COMMIT: Final = """
 if redis.call('GET', KEYS[1]) ~= ARGV[1] then return redis.error_reply('FENCED') end
 local now = tonumber(ARGV[2])
 redis.call('ZREMRANGEBYSCORE', KEYS[4], '-inf', now - tonumber(ARGV[3]))
 local acks = {{}, {}}
-for i = 4, #ARGV, 6 do
+for i = 5, #ARGV, 7 do
   local stream, id, msg_id = tonumber(ARGV[i]), ARGV[i + 1], ARGV[i + 2]
-  local reply, payload, dead = tonumber(ARGV[i + 3]), ARGV[i + 4], ARGV[i + 5]
+  local reply, payload = tonumber(ARGV[i + 3]), ARGV[i + 4]
+  local dead_id, dead = ARGV[i + 5], ARGV[i + 6]
   if msg_id ~= '' then redis.call('ZADD', KEYS[4], now, msg_id) end
   if reply > 0 then
     redis.call('LPUSH', KEYS[reply], payload)
     redis.call('PEXPIRE', KEYS[reply], 60000)
   end
-  if dead ~= '' then
-    redis.call('XADD', KEYS[5], 'MAXLEN', '~', 10000, '*', 'd', dead)
+  if dead_id ~= '' then
+    redis.call('HSET', KEYS[5], dead_id, dead)
+    redis.call('ZADD', KEYS[6], now, dead_id)
   end
   table.insert(acks[stream + 1], id)
+end
+local over = redis.call('ZCARD', KEYS[6]) - tonumber(ARGV[4])
+if over > 0 then
+  local old = redis.call('ZRANGE', KEYS[6], 0, over - 1)
+  redis.call('ZREMRANGEBYRANK', KEYS[6], 0, over - 1)
+  redis.call('HDEL', KEYS[5], unpack(old))
 end
 for s = 1, 2 do
   if #acks[s] > 0 then

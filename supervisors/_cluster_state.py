@@ -15,7 +15,8 @@ import uuid
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from actors._errors import Dropped, Interrupted, RecordedError
+from actors._errors import CodecError, Dropped, Interrupted, RecordedError
+from actors._outcomes import DeadLetter
 
 if TYPE_CHECKING:
     from actors._codec import Codec
@@ -23,7 +24,16 @@ if TYPE_CHECKING:
     from supervisors._cluster import RedisCluster
     from supervisors._core import _Core
 
-__all__ = ["Item", "NodeState", "RemoteReply", "Shard", "entries_of", "error_of", "reply_of"]
+__all__ = [
+    "Item",
+    "NodeState",
+    "RemoteReply",
+    "Shard",
+    "entries_of",
+    "error_of",
+    "letter_of",
+    "reply_of",
+]
 
 
 @dataclass(slots=True)
@@ -47,6 +57,7 @@ class Item:
     corr: str
     reply: RemoteReply | None = None
     dead: bytes = b""
+    dead_id: str = ""
 
 
 class RemoteReply:
@@ -108,6 +119,8 @@ class NodeState:
         self._tasks: list[asyncio.Task[None]] = []
         self._closing = False
         self._stopping = False  # stop() began: hand off, acquire nothing
+        self.dead_letter_limit = 10_000  # kept per shard in Redis (the runtime's limit)
+        self._known_letters: set[str] = set()  # dead letters of Redis retained here
         self._started_at = 0.0
         self._last_renew = 0.0
         self.core: _Core | None = None
@@ -171,3 +184,28 @@ def error_of(key: Any, value: Any) -> BaseException:
     if type_name == "Interrupted":
         return Interrupted(key, reason or "interrupted")
     return RecordedError(type_name, text)
+
+
+def letter_of(codec: Codec, letter_id: str, payload: bytes) -> DeadLetter:
+    """A dead letter kept in Redis, as `dead_letters()` lists it (its id: `journal_id`)."""
+    try:
+        record, reason, type_name, text = codec.loads(payload)
+        envelope = codec.decode_envelope(record)
+    except (CodecError, TypeError, ValueError) as exc:
+        return DeadLetter("?", payload, "undecodable", exc, 0, 0, None, letter_id)
+    recorded = RecordedError(type_name, text) if type_name else None
+    if reason == "failed" and recorded is not None:
+        error: BaseException = recorded
+        cause: BaseException | None = recorded
+    else:
+        error, cause = Dropped(envelope.key, reason, recorded), recorded
+    return DeadLetter(
+        envelope.key,
+        envelope.message,
+        reason,
+        error,
+        envelope.priority,
+        envelope.attempt,
+        cause,
+        letter_id,
+    )

@@ -265,13 +265,13 @@ class Durable:
         )
         return self.codec.dumps((record, *_described(error), *_described(cause)))
 
-    def forget_dead_letters(self, ids: list[int]) -> None:
+    def forget_dead_letters(self, ids: list[int | str]) -> None:
         """Remove journaled dead letters (redelivered, or evicted past the limit)."""
         if self.closed:
             return
         self.flush()  # a redelivered message is journaled before its letter goes
         try:
-            self.journal.remove_dead_letters(ids)
+            self.journal.remove_dead_letters([i for i in ids if isinstance(i, int)])
         except JournalError as exc:
             self._broke(exc)
 

@@ -276,6 +276,7 @@ class Runtime(Messaging):
 
     def _join(self, node: ClusterNode, core: _Core) -> None:
         """Cluster mode: run this node, and send every message through Redis."""
+        node.dead_letter_limit = self._options.dead_letter_limit
         if node.config.role == "node":
             core.tracker = core.outcomes.journal = node
         node.run(core if node.config.role == "node" else None)
@@ -390,11 +391,15 @@ class Runtime(Messaging):
             msg = f"{letter!r} is not a retained dead letter (already redelivered?)"
             raise ValueError(msg)
         future = self.ask(letter.key, letter.message, priority=letter.priority)
-        durable, journal_id = self._durable, letter.journal_id
-        if durable is not None and journal_id is not None:
-            # After the ask (on the loop, in order): the message is journaled before its
-            # letter goes, so a crash in between leaves a duplicate, never nothing.
+        # After the ask (on the loop, in order): the message is journaled, or sent to
+        # Redis, before its letter goes, so a crash in between leaves a duplicate, never
+        # nothing.
+        journal_id = letter.journal_id
+        durable, node = self._durable, self._node
+        if durable is not None and isinstance(journal_id, int):
             self._on_loop(lambda: durable.forget_dead_letters([journal_id]))
+        elif node is not None and isinstance(journal_id, str):
+            self._on_loop(lambda: node.forget_letter(journal_id))
         return future
 
     def _on_loop(self, fn: Callable[[], _T]) -> _T:

@@ -377,7 +377,7 @@ async def test_a_message_that_keeps_killing_its_owner_is_dead_lettered(redis_url
         assert handled(victim) == ["block", "after"]  # "block" did not run again
         client = aioredis.Redis.from_url(redis_url)
         try:
-            dead = await client.xlen(f"inorder:{{inorder:{_shard(victim)}}}:dlq")
+            dead = await client.hlen(f"inorder:{{inorder:{_shard(victim)}}}:dlq")
         finally:
             await client.aclose()
         assert dead == 1
@@ -404,3 +404,37 @@ async def test_taking_over_many_shards_at_once_loses_none_to_the_connection_pool
             await until(lambda: {m for _, _, m, _, _ in SEEN} >= set(range(300)), seconds=10)
             await b.stop(drain=False)
     assert not [e for e in logs if e["event"] == "cluster_takeover_failed"]
+
+
+async def test_dead_letters_are_kept_in_redis_and_redeliver_from_another_node(
+    redis_url: str,
+) -> None:
+    """A failed message's dead letter outlives its node: the shard's next owner lists it
+    (`journal_id` is its id in Redis) and `redeliver()` runs it again and forgets it."""
+    import redis.asyncio as aioredis
+
+    async with node(redis_url, "a") as a:
+        await until(lambda: len(owned(a)) == 8)
+        with pytest.raises(RecordedError):
+            await a.ask("k", "boom")
+        (letter,) = a.dead_letters()
+        assert isinstance(letter.journal_id, str)
+    async with node(redis_url, "b") as b:
+        await until(lambda: len(owned(b)) == 8)
+        await until(lambda: len(b.dead_letters()) == 1)
+        (kept,) = b.dead_letters()
+        assert (kept.key, kept.message, kept.reason) == ("k", "boom", "failed")
+        assert isinstance(kept.error, RecordedError)
+        assert str(kept.error) == "ValueError: boom"
+        assert kept.journal_id == letter.journal_id
+        with pytest.raises(RecordedError):  # it fails again: a new letter
+            await b.redeliver(kept)
+        await asyncio.sleep(0.3)
+        client = aioredis.Redis.from_url(redis_url)
+        try:
+            shard = _shard("k")
+            ids = await client.zrange(f"inorder:{{inorder:{shard}}}:dlqx", 0, -1)
+        finally:
+            await client.aclose()
+        assert [i.decode() for i in ids] != [letter.journal_id]
+        assert len(ids) == 1  # the old letter went, the new one is kept

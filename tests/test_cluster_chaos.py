@@ -349,14 +349,17 @@ def leftovers(client: Any) -> list[str]:
     """What is left in the shards' streams: entries, pending ones, dead letters."""
     found = []
     for shard in range(N_SHARDS):
-        for name in ("q", "qp", "dlq"):
+        for name in ("q", "qp"):
             key = shard_key(shard, name)
             if client.exists(key) and client.xlen(key):
                 found.append(f"{key}: {client.xlen(key)} entries")
-            if name != "dlq" and client.exists(key):
+            if client.exists(key):
                 pending = client.xpending(key, "rt")["pending"]
                 if pending:
                     found.append(f"{key}: {pending} pending")
+        dead = client.hlen(shard_key(shard, "dlq"))  # dead letters: kept by id in a hash
+        if dead:
+            found.append(f"{shard_key(shard, 'dlq')}: {dead} dead letters")
     return found
 
 
