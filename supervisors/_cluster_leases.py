@@ -104,6 +104,8 @@ class Leases(NodeState):
     async def _handoffs(self, *, force: bool) -> None:
         now = time.monotonic()
         for shard in [s for s in self.owned.values() if s.phase == "drain"]:
+            if self.owned.get(shard.index) is not shard:
+                continue  # released meanwhile by the other caller (the tick, or stop())
             queued = any(item.shard is shard for item in self._commits)
             timed_out = now - shard.drain_since > self.config.handoff_timeout
             if (shard.inflight or queued) and not (force or timed_out):
@@ -112,12 +114,13 @@ class Leases(NodeState):
                 self._lose(shard, "handoff timed out")  # the next owner replays the rest
             else:
                 self.owned.pop(shard.index, None)
-            with contextlib.suppress(Exception):
-                await self._release(
+            released = 0
+            with contextlib.suppress(Exception):  # if it fails, the lease expires instead
+                released = await self._release(
                     keys=[self.key(shard.index, "lease"), self.key(shard.index, "log")],
                     args=[shard.token],
                 )
-            self.counts["released"] += 1
+            self.counts["released"] += bool(released)
 
     async def _measure_lag(self) -> None:
         shards = list(self.owned)

@@ -1364,11 +1364,18 @@ async def _until_parked(rt: Runtime, clock: FakeClock, world: OverrunWorld) -> N
         await clock.advance(0)
         await asyncio.sleep(0.001)
         due = [t for t in clock.pending_timers() if t <= clock.now()]
+        # A message handed to a pool thread that has not started yet is in flight while
+        # its key looks idle (nothing pending, nothing active): not settled until it parks.
+        in_flight = rt.stats()["in_flight"]
         with world.rec.lock:
             parked = len(world.parked)
-            settled = not due and all(
-                key in world.parked or (rt.pending(key) == 0 and world.rec.active[key] == 0)
-                for key in world.blocking
+            settled = (
+                not due
+                and in_flight <= parked
+                and all(
+                    key in world.parked or (rt.pending(key) == 0 and world.rec.active[key] == 0)
+                    for key in world.blocking
+                )
             )
         calm = calm + 1 if settled else 0
         stall.check(expected_active=parked)
