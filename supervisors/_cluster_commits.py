@@ -105,7 +105,11 @@ class Commits(NodeState):
             self._wake_commits.clear()
             batch, self._commits = self._commits, []
             if batch:
-                await self._flush_commits(batch)
+                self._flushing = batch
+                try:
+                    await self._flush_commits(batch)
+                finally:
+                    self._flushing = []
 
     async def _flush_commits(self, batch: list[Item]) -> None:
         by_shard: dict[int, list[Item]] = {}

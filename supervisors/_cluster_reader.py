@@ -167,10 +167,17 @@ class Reader(NodeState):
                 for shard in readable:
                     shard.inflight += 1
                 try:
+                    for shard in readable:
+                        if shard.resync:
+                            await self._resync(shard)
                     got = await self._read_once(readable)
                 except asyncio.CancelledError:
                     raise
-                except Exception as exc:  # never the end of the reading (entries stay pending)
+                except Exception as exc:  # never the end of the reading
+                    # The read may have moved entries into this owner's consumer before its
+                    # answer was lost (Redis stopping): read them from there next time.
+                    for shard in readable:
+                        shard.resync = True
                     self.log.warning("cluster_read_failed", error=repr(exc))
                     await asyncio.sleep(cfg.tick / 4)
                     continue
@@ -191,6 +198,36 @@ class Reader(NodeState):
             else:
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self._wake_reader.wait(), cfg.tick / 2)
+
+    async def _resync(self, shard: Shard) -> None:
+        """Dispatch the entries of this owner's consumer that it never dispatched: a read
+        whose answer was lost (the connection dropped as Redis stopped) had moved them
+        there. Those running here or being committed are left alone."""
+        known = {(i.stream, i.entry) for i in self.inflight.values() if i.shard is shard}
+        known.update((i.stream, i.entry) for i in self._commits if i.shard is shard)
+        known.update((i.stream, i.entry) for i in self._flushing if i.shard is shard)
+        after_qp = after_q = b"0"
+        while True:
+            result = await self._read(
+                keys=[self.key(shard.index, n) for n in ("lease", "qp", "q")],
+                args=[shard.token, self.config.read_count, after_qp, after_q],
+            )
+            entries = entries_of(result)
+            if not any(entries):
+                break
+            page = [
+                (shard, lane, entry_id, fields)
+                for lane, rows in enumerate(entries)
+                for entry_id, fields in rows
+                if (lane, entry_id) not in known
+            ]
+            if page:
+                await self._hand_over(page, redelivered=False)
+            if entries[0]:
+                after_qp = entries[0][-1][0]
+            if entries[1]:
+                after_q = entries[1][-1][0]
+        shard.resync = False
 
     async def _read_once(self, readable: list[Shard]) -> int:
         """One fenced read of every readable shard (pipelined), dispatched; entries read."""

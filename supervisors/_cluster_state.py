@@ -45,6 +45,7 @@ class Shard:
     last_q: bytes = b"0-0"
     last_qp: bytes = b"0-0"
     drain_since: float = 0.0
+    resync: bool = False  # a read's answer was lost: re-read this owner's consumer
 
 
 @dataclass(slots=True)
@@ -121,6 +122,7 @@ class NodeState:
         self._stopping = False  # stop() began: hand off, acquire nothing
         self.dead_letter_limit = 10_000  # kept per shard in Redis (the runtime's limit)
         self._known_letters: set[str] = set()  # dead letters of Redis retained here
+        self._flushing: list[Item] = []  # the commit batch being written now
         self._started_at = 0.0
         self._last_renew = 0.0
         self.core: _Core | None = None
