@@ -9,6 +9,7 @@ abandoned; real `kill -9`s are in test_durable_crash.py.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import sqlite3
 import threading
 from dataclasses import dataclass
@@ -62,7 +63,8 @@ def runtime(path: Path, **options: Any) -> Runtime:
 
 def pending_rows(path: Path) -> list[tuple[Any, int]]:
     """(key, attempts) of the journal's unacknowledged rows, read with plain sqlite3."""
-    with sqlite3.connect(path) as db:
+    # closing(): a connection's own `with` ends a transaction, it does not close it.
+    with contextlib.closing(sqlite3.connect(path)) as db:
         return db.execute("SELECT key, attempts FROM messages ORDER BY seq").fetchall()
 
 
