@@ -17,6 +17,7 @@ import time
 
 from supervisors._cluster_state import NodeState, Shard
 from supervisors._shards import plan, shard_of
+from supervisors._snapshots import MemorySnapshots
 
 __all__ = ["Leases"]
 
@@ -91,6 +92,7 @@ class Leases(NodeState):
                     shard = Shard(index, token.decode())
                     self.owned[index] = shard
                     self.counts["acquired"] += 1
+                    self._forget_states(index)
                     task = self.loop.create_task(self._take_over(shard))
                     self._tasks.append(task)
                     task.add_done_callback(self._forget_task)
@@ -133,6 +135,15 @@ class Leases(NodeState):
                 pipe.xlen(self.key(index, "qp"))
             lengths = await pipe.execute()
         self.lag = {index: lengths[2 * i] + lengths[2 * i + 1] for i, index in enumerate(shards)}
+
+    def _forget_states(self, index: int) -> None:
+        """Forget the actor states kept here for the keys of a shard just acquired: they
+        may have run on other nodes since this one last held it, so a state kept from
+        then is stale (README, "Scaling out": state does not move between nodes)."""
+        snapshots = self.core.snapshots if self.core is not None else None
+        if isinstance(snapshots, MemorySnapshots):
+            n = self.config.n_shards
+            snapshots.forget(lambda key: shard_of(key, n) == index)
 
     def _lose(self, shard: Shard, why: str) -> None:
         """The lease is gone: forget the shard and what waits for it here (the next owner

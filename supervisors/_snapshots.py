@@ -18,6 +18,8 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
+    from collections.abc import Callable
+
     from actors._codec import Codec
     from actors._journal import Journal
     from actors._user_actor import UserActor
@@ -43,6 +45,13 @@ class MemorySnapshots:
             self._states.pop(key, None)
         else:
             self._states[key] = state
+
+    def forget(self, stale: Callable[[str | int], bool]) -> int:
+        """Forget the states of the keys for which `stale(key)` is true; how many."""
+        keys = [key for key in self._states if stale(key)]
+        for key in keys:
+            del self._states[key]
+        return len(keys)
 
     def __len__(self) -> int:
         return len(self._states)

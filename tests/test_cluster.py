@@ -465,3 +465,53 @@ async def test_entries_whose_read_answer_was_lost_are_dispatched(redis_url: str)
         await until(lambda: handled("lost") == list(range(20)))
         await asyncio.sleep(0.2)
         assert handled("lost") == list(range(20))  # each exactly once
+
+
+class Keeper(UserActor):
+    """Counts its messages in a state kept between incarnations."""
+
+    def __init__(self, key: Any) -> None:
+        super().__init__(key)
+        self.count = 0
+
+    async def on_message(self, message: Any, ctx: Context) -> Any:
+        self.count += 1
+        return self.count
+
+    def snapshot(self) -> Any:
+        return self.count
+
+    def restore(self, state: Any) -> None:
+        self.count = state
+
+
+async def test_a_state_kept_here_is_forgotten_when_its_shard_is_acquired_again(
+    redis_url: str,
+) -> None:
+    """A key's state kept in a node's memory survives passivation there; once the node
+    has lost the key's shard and acquires it again, the key may have run elsewhere
+    meanwhile, so the state kept from before is stale and is not restored."""
+    import redis.asyncio as aioredis
+
+    rt = Runtime(Keeper, cluster=config(redis_url, lease_ttl=1.0), idle_timeout=0.05)
+    await rt.start()
+    try:
+        await until(lambda: len(owned(rt)) == 8)
+        key = "kept"
+        assert [await rt.ask(key, "n") for _ in range(3)] == [1, 2, 3]
+        core = rt._core
+        await until(lambda: key not in core.cells and len(core.snapshots) == 1)  # passivated
+        assert await rt.ask(key, "n") == 4  # restored: passivation keeps the state
+        await until(lambda: key not in core.cells and len(core.snapshots) == 1)
+        acquired = rt.stats()["cluster"]["acquired"]
+        client = aioredis.Redis.from_url(redis_url)
+        try:  # the lease is gone (as if it had expired while this node was paused)
+            await client.delete(f"inorder:{{inorder:{_shard(key)}}}:lease")
+        finally:
+            await client.aclose()
+        await until(lambda: rt.stats()["cluster"]["acquired"] > acquired)
+        await until(lambda: len(owned(rt)) == 8)
+        assert len(core.snapshots) == 0
+        assert await rt.ask(key, "n") == 1  # a clean slate, not the stale 4
+    finally:
+        await rt.stop()
