@@ -121,8 +121,11 @@ class Host(ABC):
     def notify(self) -> None: ...
 
     @abstractmethod
-    def journal_started(self, envelope: Envelope) -> None:
-        """A handler is about to start on a journaled message (`envelope.seq != 0`)."""
+    def journal_started(self, envelope: Envelope) -> bool:
+        """A handler is about to start on a tracked message (`envelope.seq != 0`), just
+        taken from the mailbox: True if it may. False (a cluster node that lost the
+        message's shard, or that is past its fence point) means it must not run here;
+        the host has given it its outcome, and the cell takes the next one."""
 
     @abstractmethod
     def journal_handled(self, envelope: Envelope) -> None:
@@ -394,8 +397,8 @@ class Cell(Mailbox):
         if self._flagged:  # a native flag: reading the context's costs more, per message
             self._flagged = False
             self.ctx.interrupted = False  # type: ignore[union-attr]
-        if envelope.seq:
-            host.journal_started(envelope)
+        if envelope.seq and not host.journal_started(envelope):
+            return self.take()  # not to run here (its shard is lost): the host settled it
         self.current = envelope
         started = self._started = host.now()
         timeout = host.handler_timeout

@@ -26,15 +26,28 @@ __all__ = ["Commits"]
 class Commits(NodeState):
     """Outcomes, commits and replies of a node."""
 
-    def started(self, envelope: Envelope) -> None:
-        """A handler starts: nothing to record (Redis's delivery count is the attempt),
-        unless the node could not renew its leases for too long (a pause, a partition):
-        then it fences itself first, so that what still waits here does not run beside
-        the shards' next owner."""
+    def started(self, envelope: Envelope) -> bool:
+        """A handler is about to start on `envelope`, just taken from its mailbox: True if
+        it may. Nothing is recorded (Redis's delivery count is the attempt).
+
+        A node that could not renew its leases for 0.8 x `lease_ttl` (a pause, a
+        partition) fences itself first: every shard is dropped with what waits for it
+        here, since another node may own them by now. Then a message whose shard this
+        node no longer holds under the epoch it was read in (the one just taken, or a
+        retry put back after the shard was lost) does not run beside the shard's next
+        owner: it ends `Dropped("fenced")`, which is no dead letter (it stays pending in
+        Redis, and the next owner runs it), and False tells the cell to take the next."""
         if self.owned and time.monotonic() - self._last_renew > 0.8 * self.config.lease_ttl:
             self.log.error("cluster_self_fenced", shards=len(self.owned))
             for shard in list(self.owned.values()):
                 self._lose(shard, "self-fenced")
+        item = self.inflight.get(envelope.seq)
+        if item is None or self.owned.get(item.shard.index) is item.shard:
+            return True
+        core = self.core
+        assert core is not None  # a node runs messages only with its runtime's core
+        core.outcomes.on_dropped(item.key, envelope, "fenced", envelope.attempt - 1, log=False)
+        return False
 
     def ack(self, envelope: Envelope) -> None:
         item = self.inflight.pop(envelope.seq, None)
@@ -57,7 +70,7 @@ class Commits(NodeState):
             return None
         if reason in ("shutdown", "fenced"):
             item.shard.inflight -= 1  # stays pending in Redis: its next owner runs it
-            self._live_ids.discard(item.msg_id)
+            self._forget_live(item)
             return None
         described = (type(error).__qualname__, str(error)) if error is not None else ("", "")
         try:
@@ -156,8 +169,7 @@ class Commits(NodeState):
         for (shard, items), result in zip(order, results, strict=True):
             shard.inflight -= len(items)
             for item in items:  # committed (in `done`), or fenced (the next owner checks)
-                if item.msg_id:
-                    self._live_ids.discard(item.msg_id)
+                self._forget_live(item)
             if isinstance(result, Exception):
                 if "FENCED" in str(result):
                     self.counts["fenced"] += 1

@@ -167,6 +167,6 @@ class Leases(NodeState):
                     cell.key, envelope, "fenced", envelope.attempt - 1, log=False
                 )
         for item in self._commits:
-            if item.shard is shard and item.msg_id:
-                self._live_ids.discard(item.msg_id)
+            if item.shard is shard:
+                self._forget_live(item)
         self._commits = [item for item in self._commits if item.shard is not shard]

@@ -304,7 +304,6 @@ class Reader(NodeState):
         in flight here. The in-flight ones are taken before the lookup: an original whose
         commit lands during it leaves the in-flight set after `done` has it. An entry is
         named by (shard, stream, id): stream ids repeat across streams."""
-        live = self._live_ids
         seen: set[str] = set()
         duplicates: set[tuple[int, int, bytes]] = set()
         lookup: dict[int, list[tuple[tuple[int, int, bytes], str]]] = {}
@@ -313,7 +312,7 @@ class Reader(NodeState):
             if not msg_id:
                 continue
             name = (shard.index, stream, entry_id)
-            if msg_id in live:
+            if self._live(msg_id):
                 duplicates.add(name)
             elif msg_id not in seen:  # a later copy in this batch: caught at dispatch
                 seen.add(msg_id)
@@ -360,6 +359,7 @@ class Reader(NodeState):
         item = Item(shard, stream, entry_id, msg_id, reply_key, corr)
         try:
             record = self.codec.decode_envelope(fields[b"e"])
+            item.key = record.key
         except (CodecError, KeyError) as exc:
             self.log.error(
                 "message_undecodable", shard=shard.index, entry=entry_id.decode(), error=str(exc)
@@ -385,12 +385,12 @@ class Reader(NodeState):
             self._commit_now(item, "poison")
             return
         if msg_id:
-            if msg_id in self._live_ids:  # a copy replayed beside its original
+            if self._live(msg_id):  # a copy replayed beside its original
                 self.counts["duplicates"] += 1
                 item.msg_id = ""
                 self._commit_now(item, "duplicate")
                 return
-            self._live_ids.add(msg_id)
+            self._live_ids[msg_id] = item
         self._seq += 1
         seq = self._seq
         self.inflight[seq] = item

@@ -59,6 +59,7 @@ class Item:
     reply: RemoteReply | None = None
     dead: bytes = b""
     dead_id: str = ""
+    key: str | int = ""  # the message's key, once decoded
 
 
 class RemoteReply:
@@ -107,9 +108,10 @@ class NodeState:
         self.members_key = f"{ns}:members"
         self.owned: dict[int, Shard] = {}
         self.inflight: dict[int, Item] = {}
-        # msg_ids read and not yet committed: a copy read meanwhile is a duplicate too
-        # (the `done` set in Redis only has the committed ones).
-        self._live_ids: set[str] = set()
+        # msg_ids read and not yet committed, with the item that has each: a copy read
+        # meanwhile is a duplicate too (the `done` set in Redis only has the committed
+        # ones), as long as that item's shard is still held under its epoch (`_live`).
+        self._live_ids: dict[str, Item] = {}
         self._seq = 0
         self._outbox: list[tuple[str, dict[str, Any], asyncio.Future[None] | None]] = []
         self._commits: list[Item] = []
@@ -145,6 +147,19 @@ class NodeState:
     def key(self, shard: int, name: str) -> str:
         """The Redis key `name` of `shard`: its keys share the hash tag `{ns:shard}`."""
         return f"{self.ns}:{{{self.ns}:{shard}}}:{name}"
+
+    def _live(self, msg_id: str) -> bool:
+        """Whether `msg_id` is in flight here under an epoch this node still holds. One of
+        a lost epoch is not: it will never commit, and what of it still waits here will
+        not run (`Commits.started`), so a copy that the shard's new epoch reads must run."""
+        item = self._live_ids.get(msg_id)
+        return item is not None and self.owned.get(item.shard.index) is item.shard
+
+    def _forget_live(self, item: Item) -> None:
+        """`item` committed, or will not be: its msg_id is no longer in flight (unless a
+        later item has it now)."""
+        if item.msg_id and self._live_ids.get(item.msg_id) is item:
+            del self._live_ids[item.msg_id]
 
     # Implemented by the parts; declared here so that each part can call the others.
 

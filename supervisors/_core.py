@@ -421,8 +421,8 @@ class _Core(Host):
     def cell_stopped(self, cell: Cell, reason: str) -> None:
         self.supervisor.cell_stopped(cell, reason)
 
-    def journal_started(self, envelope: Envelope) -> None:
-        self.tracker.started(envelope)  # type: ignore[union-attr]
+    def journal_started(self, envelope: Envelope) -> bool:
+        return self.tracker.started(envelope)  # type: ignore[union-attr]
 
     def journal_handled(self, envelope: Envelope) -> None:
         self.tracker.ack(envelope)  # type: ignore[union-attr]

@@ -50,8 +50,8 @@ class Tracker(Protocol):
     """What the router tells about a tracked message (`envelope.seq != 0`): the durable
     store here, or the cluster node (supervisors/_cluster_node.py)."""
 
-    def started(self, envelope: Envelope) -> None:
-        """A handler starts on it."""
+    def started(self, envelope: Envelope) -> bool:
+        """A handler is about to start on it: True if it may (False: it was settled)."""
 
     def ack(self, envelope: Envelope) -> None:
         """It was handled (or otherwise ended and is not kept)."""
@@ -197,13 +197,14 @@ class Durable:
 
     # -- outcomes ----------------------------------------------------------------------
 
-    def started(self, envelope: Envelope) -> None:
-        """A handler starts on `envelope`: one more recorded attempt."""
+    def started(self, envelope: Envelope) -> bool:
+        """A handler starts on `envelope`: one more recorded attempt. Always True."""
         if envelope.seq < 0:
             self.flush()
         if envelope.seq > 0:
             self._starts.append(envelope.seq)
             self._schedule()
+        return True
 
     def ack(self, envelope: Envelope) -> None:
         """`envelope` got its outcome: it leaves the journal."""

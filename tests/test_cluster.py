@@ -33,6 +33,10 @@ class Bot(UserActor):
             raise ValueError("boom")
         if message == "block":
             await GATE["open"].wait()
+        if message == "block, then fail once":
+            await GATE["open"].wait()
+            if ctx.attempt == 1:
+                raise ValueError("once")
         return message
 
 
@@ -242,6 +246,82 @@ async def test_a_node_that_lost_its_lease_is_fenced(redis_url: str) -> None:
             await until(
                 lambda: [n for n, k, m, _, _ in SEEN if k == victim] == ["a", "b"], seconds=10
             )
+
+
+async def test_a_node_past_its_fence_point_starts_nothing_that_waits_here(
+    redis_url: str,
+) -> None:
+    """Found by a SIGSTOP past the lease: a node that wakes up with messages waiting here
+    fenced itself (its renewals had stopped for 0.8 x lease_ttl) as its next handler began,
+    dropping what waited, but ran the message it had just taken, beside the shard's next
+    owner. That message must not start here; it is dropped ("fenced", no dead letter) and
+    the shard's next owner runs it: an ask of it is answered from there."""
+    async with node(redis_url, "a") as a:
+        await until(lambda: len(owned(a)) == 8)
+        victim = "fence-point"
+        a.tell(victim, "block")
+        answer = a.ask(victim, "next")
+        cells = a._core.cells  # type: ignore[union-attr]
+        await until(lambda: handled(victim) == ["block"] and len(cells[victim].mailbox) == 1)
+        # "a" is paused: no tick renews anything any more (one stubbed tick has begun, so
+        # no real one is still on its way), and its last renewal began a lease time ago.
+        cluster: Any = a._node
+        ticks: list[float] = []
+        cluster._tick = lambda began: ticks.append(began) or asyncio.sleep(0)
+        await until(lambda: bool(ticks))
+        cluster._last_renew -= cluster.config.lease_ttl
+        GATE["open"].set()  # "block" returns; "next" is the next to take, past the fence point
+        await until(lambda: a.stats()["cluster"]["lost"] == 8)
+        assert handled(victim) == ["block"]  # "next" did not start on "a"
+        async with node(redis_url, "b") as b:  # the next owner, once a's leases expired
+            assert await asyncio.wait_for(answer, 10) == "next"
+            await until(lambda: len(owned(b)) == 8)
+        on_b = [(m, r) for n, k, m, _, r in SEEN if k == victim and n == "b"]
+        assert on_b[-1] == ("next", True)
+        assert [m for n, k, m, _, _ in SEEN if k == victim and n == "a"] == ["block"]
+        assert a.dead_letters() == []
+
+
+@pytest.mark.parametrize("msg_id", [None, "update-7"])
+async def test_a_retry_of_a_message_whose_shard_was_lost_does_not_run_under_the_old_epoch(
+    redis_url: str, msg_id: str | None
+) -> None:
+    """A handler fails after its node lost the shard (a renewal refused: the lease expired)
+    and acquired it again: its retry is the old epoch's and must not run; the new epoch's
+    replay of the message runs instead, once (a msg_id still in flight under a lost epoch
+    does not make the replay a duplicate: nothing of that epoch will run or commit it)."""
+    import redis.asyncio as aioredis
+
+    rt = Runtime(
+        Bot, cluster=config(redis_url), idle_timeout=None, restart=RestartPolicy(max_retries=1)
+    )
+    await rt.start()
+    NODE[id(rt._core)] = "a"
+    try:
+        await until(lambda: len(owned(rt)) == 8)
+        victim = "retry-me"
+        rt.tell(victim, "block, then fail once", msg_id=msg_id)
+        await until(lambda: len(handled(victim)) == 1)
+        before = rt.stats()["cluster"]
+        client = aioredis.Redis.from_url(redis_url)
+        try:  # the lease is gone (as if it had expired while this node was paused)
+            await client.delete(f"inorder:{{inorder:{_shard(victim)}}}:lease")
+        finally:
+            await client.aclose()
+        # The next tick's renewal is refused (the shard is lost), the shard is acquired
+        # again under a new epoch, and its takeover replays the message.
+        await until(lambda: rt.stats()["cluster"]["replayed"] > before["replayed"])
+        assert rt.stats()["cluster"]["lost"] == before["lost"] + 1
+        GATE["open"].set()  # the old epoch's handler fails: a retry is due
+        await until(lambda: len(handled(victim)) >= 2 and rt.stats()["cluster"]["in_flight"] == 0)
+        await rt.wait_idle()
+        runs = [(a, r) for _, k, _, a, r in SEEN if k == victim]
+        assert len(runs) == 2, runs
+        assert runs[0] == (1, False)
+        assert runs[1][1], runs  # the new epoch's replay, not the old epoch's retry
+        assert rt.dead_letters() == []
+    finally:
+        await rt.stop()
 
 
 async def test_bad_arguments_fail_at_the_call(redis_url: str) -> None:
