@@ -5,9 +5,9 @@ stores goes through one `Codec`: a message (`dumps`/`loads`), an actor's
 snapshot state (`dumps`/`loads`) and the envelope around a journaled message
 (`encode_envelope`/`decode_envelope`).
 
-What it encodes, and gives back with the same types (exact types only: a
-subclass of one of these, an `IntEnum` or an `OrderedDict` say, is refused
-unless registered):
+What it encodes, and gives back with the same types (exact types: a subclass
+of a container, an `OrderedDict` or a `NamedTuple` say, is refused unless
+registered):
 
 * `None`, `bool`, `float` (NaN and the infinities included), `str`, `bytes`;
 * `int` in msgpack's range, -2**63 to 2**64 - 1 (a larger one is refused at
@@ -18,6 +18,18 @@ unless registered):
   to the original; a naive one is refused, as it names no instant);
 * instances of the classes registered with `Codec.register`: dataclasses by
   their fields, any other class through a pair of functions.
+
+A subclass of `str`, `int` or `float` that is not registered (a `StrEnum`,
+an `IntEnum`, `(str, Enum)` members such as python-telegram-bot's `ChatType`)
+is stored as its plain value, by the base type's own conversion (not its
+`__str__`), and decodes as the base type: `"group"`, not `ChatType.GROUP`,
+which compares equal to it. Anything else such an instance holds is not
+kept; register the class to get it back (an enum with `encode=lambda e:
+e.value, decode=TheEnum`). The same holds for dict keys. An
+int subclass outside msgpack's range is refused like any int; an unregistered
+dataclass that subclasses one of them is refused, as its fields would be lost;
+a registered class is never stored as its plain value (as a dict key it is
+refused), and `bool`, which has no subclasses, stays a bool.
 
 Nothing is ever pickled and decoding never imports anything: a registered
 object is stored as its tag and its value, and only a tag registered on the
@@ -167,7 +179,9 @@ class Codec(CodecFormat):
         dataclass too.
 
         Only instances of exactly `cls` are encoded this way, not of its
-        subclasses. `tag` names the class in every payload; it defaults to
+        subclasses. A subclass of `str`, `int` or `float` registered here (an enum
+        say) is encoded by its registration, not as its plain value, and decodes as
+        `cls` again. `tag` names the class in every payload; it defaults to
         `"module.QualName"` and must stay the same for as long as payloads
         written with it are to be read (so give one to a class defined in
         `__main__` or in a function). A tag is up to 200 printable characters,

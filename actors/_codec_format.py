@@ -10,6 +10,7 @@ format itself is described there.
 
 from __future__ import annotations
 
+import dataclasses
 import threading
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -53,9 +54,11 @@ _UTC_MAX: Final = (datetime.max.replace(tzinfo=UTC) - _EPOCH).days * 86400 + 863
 #: The types encoded natively, which cannot be registered.
 BUILT_IN: Final = frozenset({type(None), bool, int, float, str, bytes, list, tuple, dict, datetime})
 _SUPPORTED: Final = (
-    "None, bool, int, float, str, bytes, list, tuple, dict, aware datetime "
-    "and classes registered with Codec.register"
+    "None, bool, int, float, str (a subclass of int, float or str as its plain value), "
+    "bytes, list, tuple, dict, aware datetime and classes registered with Codec.register"
 )
+#: What `_base_value` returns for a value that is no subclass of str, int or float.
+_NOT_BASE: Final = object()
 
 
 @final
@@ -122,6 +125,9 @@ class CodecFormat:
                 "(-2**63 to 2**64 - 1): store it as a str, or register a wrapper class"
             )
         if depth >= MAX_DEPTH:
+            base = self._base_value(value, t)
+            if base is not _NOT_BASE:  # a scalar, which nests nothing
+                return self._tree(base, depth)
             raise _UnencodableError(
                 f"{type_name(t)} nested deeper than {MAX_DEPTH} levels "
                 "(or a container that contains itself)"
@@ -141,14 +147,18 @@ class CodecFormat:
             for k, item in value.items():
                 kt = type(k)
                 if kt is not str and (kt is not int or not INT_MIN <= k <= INT_MAX):
-                    raise _UnencodableError(
-                        f"dict key of type {type_name(kt)}: keys must be str or int (64-bit)"
-                    )
+                    k = self._base_key(k, kt)
                 try:
                     out[k] = self._tree(item, depth)
                 except _UnencodableError as exc:
                     exc.path.append(f"[{short(k)}]")
                     raise
+            if len(out) != len(value):
+                # Only keys of str or int subclasses that hash unlike their plain value
+                # can collide; one of the two items would be lost.
+                raise _UnencodableError(
+                    "two keys of this dict are equal as plain str or int: one would be lost"
+                )
             return out
         if t is datetime:
             if value.tzinfo is None or value.utcoffset() is None:
@@ -163,11 +173,57 @@ class CodecFormat:
                 raise _UnencodableError(f"datetime {value} is outside the years 1-9999 in UTC")
             return msgpack.Timestamp(seconds, delta.microseconds * 1000)
         entry = self._by_type.get(t)
-        if entry is None:
+        if entry is not None:
+            return self._ext(_EXT_OBJECT, [entry.tag, self._object_body(entry, value, depth)])
+        base = self._base_value(value, t)
+        if base is _NOT_BASE:
             raise _UnencodableError(
                 f"{type_name(t)} is not a supported type (supported: {_SUPPORTED})"
             )
-        return self._ext(_EXT_OBJECT, [entry.tag, self._object_body(entry, value, depth)])
+        return self._tree(base, depth)  # an int's range is checked as for any int
+
+    def _base_value(self, value: Any, t: type[Any]) -> Any:
+        """A str, int or float subclass's value as the plain base type; `_NOT_BASE` for
+        anything else, and for a registered class (its registration is used).
+
+        Reached only by values that no exact type check took, so a message of exact
+        types never pays for it. An unregistered dataclass is refused rather than
+        stored as its plain value: its fields would be lost."""
+        if t in self._by_type or not isinstance(value, str | int | float):
+            return _NOT_BASE
+        if dataclasses.is_dataclass(t):
+            raise _UnencodableError(
+                f"{type_name(t)} is a dataclass that subclasses {_base_name(value)}: "
+                "register it (as a plain value its fields would be lost)"
+            )
+        # The base type's own conversion, not str() or int(): a subclass may override
+        # those (str() of a `class E(str, Enum)` member is "E.NAME", not its value).
+        if isinstance(value, str):
+            return str.__str__(value)
+        if isinstance(value, int):  # never a bool: bool has no subclasses, and is exact
+            return int.__int__(value)
+        return float.__float__(value)
+
+    def _base_key(self, key: Any, kt: type[Any]) -> Any:
+        """A dict key that is not an exact str or 64-bit int: a str or int subclass's
+        plain value. Anything else is refused, a bool and a registered class or a
+        dataclass included: a key is stored as a plain str or int, and would not
+        decode as either."""
+        if kt in self._by_type or dataclasses.is_dataclass(kt):
+            what = "registered type" if kt in self._by_type else "dataclass"
+            raise _UnencodableError(
+                f"dict key of {what} {type_name(kt)}: a key is stored as a plain "
+                "str or int, and would not decode as that class"
+            )
+        if isinstance(key, str):
+            return str.__str__(key)
+        if kt is not bool and isinstance(key, int):
+            base = int.__int__(key)
+            if INT_MIN <= base <= INT_MAX:
+                return base
+        raise _UnencodableError(
+            f"dict key of type {type_name(kt)}: keys must be str or int (64-bit)"
+        )
 
     def _object_body(self, entry: Entry, obj: Any, depth: int) -> Any:
         if entry.fields is not None:
@@ -346,6 +402,10 @@ def _describe(exc: Exception) -> str:
     if isinstance(exc, msgpack.StackError):
         return "nested too deeply"
     return f"{type(exc).__name__}: {exc}"
+
+
+def _base_name(value: str | int | float) -> str:
+    return "str" if isinstance(value, str) else "int" if isinstance(value, int) else "float"
 
 
 def type_name(t: type[Any]) -> str:

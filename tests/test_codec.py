@@ -8,19 +8,22 @@ does not pass.
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import enum
 import math
 import threading
 from dataclasses import InitVar, dataclass, field
 from datetime import UTC, datetime, timedelta, timezone
-from typing import Any
+from pathlib import Path
+from typing import Any, ClassVar
 
 import msgpack  # type: ignore[import-untyped]
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from actors import Context, UserActor
 from actors._codec import (
     DEFAULT_MAX_SIZE,
     ENVELOPE_VERSION,
@@ -30,6 +33,8 @@ from actors._codec import (
     EnvelopeRecord,
 )
 from actors._errors import InorderError
+from supervisors import Runtime
+from tests.helpers import in_flight, settle
 
 # Fuzzing is cheap: a few times the profile's examples.
 FUZZ = settings(max_examples=max(300, 5 * settings().max_examples))
@@ -301,6 +306,335 @@ def test_an_enum_registers_with_functions() -> None:
     assert same(codec.loads(codec.dumps({"c": Color.RED})), {"c": Color.RED})
 
 
+# -- subclasses of str, int and float ----------------------------------------------------------
+
+
+class Mood(enum.StrEnum):
+    CALM = "calm"
+    ANGRY = "angry"
+    EMPTY = ""
+
+
+class Legacy(str, enum.Enum):  # noqa: UP042 (this form, not a StrEnum, is the case)
+    """The older (str, Enum) form, as python-telegram-bot's constants: str() is "Legacy.A"."""
+
+    A = "a"
+    B = "b"
+
+
+class Level(enum.IntEnum):
+    NEGATIVE = -5
+    LOW = 0
+    TOP = 2**64 - 1
+
+
+class Flags(enum.IntFlag):
+    A = 1
+    B = 2
+
+
+class Text(str):
+    def __str__(self) -> str:
+        return "not the value"
+
+
+class Count(int):
+    def __int__(self) -> int:
+        return -1
+
+
+class Ratio(float):
+    def __float__(self) -> float:
+        return -1.0
+
+
+class Big(int):
+    pass
+
+
+@dataclass(frozen=True)
+class Handle(str):
+    """A dataclass that subclasses str (its text made from its field)."""
+
+    name: str
+
+    def __new__(cls, name: str) -> Handle:
+        return super().__new__(cls, "@" + name)
+
+
+class OddHash(str):
+    """Equal to its plain value but hashed otherwise: in one dict with it, both stay."""
+
+    def __hash__(self) -> int:
+        return 7
+
+
+SUBCLASSED = (
+    st.sampled_from(list(Mood))
+    | st.sampled_from(list(Legacy))
+    | st.sampled_from(list(Level))
+    | st.sampled_from([Flags.A, Flags.B, Flags.A | Flags.B, Flags(0)])
+    | st.text(max_size=8).map(Text)
+    | INT64.map(Count)
+    | st.floats().map(Ratio)  # NaN and -0.0 included
+)
+SUBCLASSED_KEYS = (
+    KEYS | st.sampled_from(list(Mood)) | st.sampled_from(list(Level)) | INT64.map(Count)
+)
+
+
+def containers_with_subclassed_keys(children: st.SearchStrategy[Any]) -> st.SearchStrategy[Any]:
+    return containers(children) | st.dictionaries(SUBCLASSED_KEYS, children, max_size=4)
+
+
+VALUES_WITH_SUBCLASSES = st.recursive(
+    SCALARS | SUBCLASSED,
+    lambda children: containers_with_subclassed_keys(children) | objects(children),
+    max_leaves=16,
+)
+
+
+def plain(value: Any) -> Any:
+    """`value` with every str, int and float subclass replaced by its base type's value."""
+    t = type(value)
+    if t in (list, tuple):
+        return t(plain(item) for item in value)
+    if t is dict:
+        return {plain(k): plain(v) for k, v in value.items()}
+    if t is Plain:
+        return Plain(plain(value.text), plain(value.n), plain(value.extra))
+    if t is FrozenSlots:
+        return FrozenSlots(value.name, plain(value.inner))
+    if t is Box:
+        return Box(plain(value.content))
+    if t is not bool:
+        for base in (str, int, float):
+            if isinstance(value, base):
+                return getattr(base, f"__{base.__name__}__")(value)
+    return value
+
+
+@given(VALUES_WITH_SUBCLASSES)
+def test_str_int_and_float_subclasses_round_trip_as_their_base_type(value: Any) -> None:
+    """Anywhere in a value, dict keys and registered objects included: an enum comes back
+    as its value, exactly of the base type; nothing else changes."""
+    assert same(CODEC.loads(CODEC.dumps(value)), plain(value))
+
+
+@given(VALUES_WITH_SUBCLASSES)
+def test_a_subclassed_message_round_trips_in_an_envelope(value: Any) -> None:
+    data = CODEC.encode_envelope("k", value, accepted_at=1.0)
+    assert same(CODEC.decode_envelope(data).message, plain(value))
+
+
+@pytest.mark.parametrize(
+    ("value", "stored"),
+    [
+        (Mood.CALM, "calm"),
+        (Legacy.A, "a"),  # its value, not str(Legacy.A)
+        (Text("x"), "x"),  # not its __str__
+        (Count(5), 5),  # not its __int__
+        (Ratio(0.5), 0.5),
+        (Level.TOP, 2**64 - 1),
+        (Flags.A | Flags.B, 3),
+        ([True, Level.LOW, False, Flags.A], [True, 0, False, 1]),  # a bool stays a bool
+        ({Mood.ANGRY: Level.NEGATIVE, Count(1): Legacy.B}, {"angry": -5, 1: "b"}),
+    ],
+    ids=repr,
+)
+def test_a_subclass_is_stored_as_the_plain_value(value: Any, stored: Any) -> None:
+    data = CODEC.dumps(value)
+    assert data == CODEC.dumps(stored)  # the same bytes: nothing says it was a subclass
+    assert same(CODEC.loads(data), stored)
+
+
+def test_a_subclass_nested_to_the_depth_limit_is_stored_as_a_plain_scalar_would_be() -> None:
+    for leaf in ("calm", Mood.CALM):
+        deep: Any = leaf
+        for _ in range(MAX_DEPTH):
+            deep = [deep]
+        assert CODEC.loads(CODEC.dumps(deep)) == plain(deep)
+
+
+@pytest.mark.parametrize(
+    ("value", "named"),
+    [
+        (Big(2**64), "int of 65 bits"),  # outside msgpack's range, as a plain int
+        ([Big(-(2**63) - 1)], r"value\[0\]: int of 64 bits"),
+        ({Big(2**64): 1}, "dict key of type tests.test_codec.Big"),
+        ({Mood.CALM: 1, True: 2}, "dict key of type bool"),
+        ([Handle("ada")], "Handle is a dataclass that subclasses str: register it"),
+        ({Handle("ada"): 1}, "dict key of dataclass .*Handle"),
+        ({OddHash("a"): 1, "a": 2}, "two keys of this dict are equal as plain str or int"),
+    ],
+    ids=repr,
+)
+def test_subclasses_that_cannot_be_stored_plainly_are_refused(value: Any, named: str) -> None:
+    with pytest.raises(CodecError, match=named):
+        CODEC.dumps(value)
+
+
+def test_a_registered_subclass_keeps_its_registration() -> None:
+    """A registered enum, or a registered dataclass that subclasses str, comes back as its
+    class; as a dict key (stored as a plain str or int) it is refused, not demoted."""
+    codec = Codec()
+    codec.register(Mood, encode=lambda m: m.value, decode=Mood)
+    codec.register(Handle)
+    value = [Mood.CALM, Handle("ada"), Level.LOW]
+    back = codec.loads(codec.dumps(value))
+    assert back == value
+    assert [type(v) for v in back] == [Mood, Handle, int]
+    assert back[1].name == "ada"
+    with pytest.raises(CodecError, match=r"dict key of registered type .*Mood"):
+        codec.dumps({Mood.CALM: 1})
+    with pytest.raises(CodecError, match=r"dict key of registered type .*Handle"):
+        codec.dumps({Handle("ada"): 1})
+
+
+# -- a Telegram update: to_dict() and de_json(), registered as the README shows -------------------
+
+
+class ChatType(enum.StrEnum):
+    PRIVATE = "private"
+    GROUP = "group"
+    SUPERGROUP = "supergroup"
+
+
+class EntityType(str, enum.Enum):  # noqa: UP042 (python-telegram-bot's constants are so)
+    BOT_COMMAND = "bot_command"
+    URL = "url"
+
+
+class Importance(enum.IntEnum):
+    LOW = 0
+    HIGH = 1
+
+
+class FakeBot:
+    """What de_json attaches the objects to (a telegram.Bot in the real library)."""
+
+
+class TgUpdate:
+    """A stand-in for python-telegram-bot 22's `Update`: not a dataclass; `to_dict()`
+    gives a dict of JSON types whose enum fields stay enum members (and whose dates are
+    ints, as the library's are), `de_json(data, bot)` builds the object back."""
+
+    def __init__(
+        self,
+        update_id: int,
+        chat_id: int,
+        chat_type: ChatType,
+        date: datetime,
+        entities: list[tuple[EntityType, int, int]],
+        importance: Importance,
+        bot: FakeBot | None = None,
+    ) -> None:
+        self.update_id = update_id
+        self.chat_id = chat_id
+        self.chat_type = chat_type
+        self.date = date
+        self.entities = entities
+        self.importance = importance
+        self.bot = bot
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "update_id": self.update_id,
+            "message": {
+                "chat": {"id": self.chat_id, "type": self.chat_type},
+                "date": int(self.date.timestamp()),
+                "entities": [
+                    {"type": kind, "offset": offset, "length": length}
+                    for kind, offset, length in self.entities
+                ],
+                "importance": self.importance,
+            },
+        }
+
+    @classmethod
+    def de_json(cls, data: dict[str, Any], bot: FakeBot | None) -> TgUpdate:
+        message = data["message"]
+        return cls(
+            data["update_id"],
+            message["chat"]["id"],
+            ChatType(message["chat"]["type"]),
+            datetime.fromtimestamp(message["date"], tz=UTC),
+            [(EntityType(e["type"]), e["offset"], e["length"]) for e in message["entities"]],
+            Importance(message["importance"]),
+            bot,
+        )
+
+
+GROUP_UPDATE = TgUpdate(
+    918273645,
+    -1001234567890,
+    ChatType.SUPERGROUP,
+    datetime(2026, 1, 1, tzinfo=UTC),
+    [(EntityType.BOT_COMMAND, 0, 16), (EntityType.URL, 33, 19)],
+    Importance.HIGH,
+)
+
+
+def telegram_codec(bot: FakeBot) -> Codec:
+    """The README's registration, with the stand-in for telegram.Update."""
+    codec = Codec()
+    codec.register(
+        TgUpdate,
+        tag="telegram.Update",
+        encode=TgUpdate.to_dict,
+        decode=lambda data: TgUpdate.de_json(data, bot),
+    )
+    return codec
+
+
+def test_a_telegram_update_registers_with_to_dict_and_de_json() -> None:
+    bot = FakeBot()
+    codec = telegram_codec(bot)
+    back = codec.loads(codec.dumps(GROUP_UPDATE))
+    assert type(back) is TgUpdate
+    assert back.to_dict() == GROUP_UPDATE.to_dict()
+    assert back.chat_type is ChatType.SUPERGROUP  # de_json made the enums again
+    assert back.entities[1][0] is EntityType.URL
+    assert back.date == GROUP_UPDATE.date
+    assert back.bot is bot
+    assert b"telegram.Update" in codec.dumps(GROUP_UPDATE)
+
+
+class UpdateRecorder(UserActor):
+    """Records the updates it handles; a "block" in the first run waits for good."""
+
+    got: ClassVar[list[Any]] = []
+    block: ClassVar[bool] = True
+
+    async def on_message(self, message: Any, ctx: Context) -> None:
+        UpdateRecorder.got.append((message, ctx.redelivered))
+        if message == "block" and UpdateRecorder.block:
+            await asyncio.Event().wait()
+
+
+async def test_a_telegram_update_replays_from_the_journal(tmp_path: Path) -> None:
+    """Journaled behind a handler that is stopped, decoded by the next runtime's codec."""
+    path = tmp_path / "bot.journal"
+    first_bot, second_bot = FakeBot(), FakeBot()
+    UpdateRecorder.got, UpdateRecorder.block = [], True
+    rt = Runtime(UpdateRecorder, store=path, codec=telegram_codec(first_bot), idle_timeout=None)
+    await rt.start()
+    rt.tell(GROUP_UPDATE.chat_id, "block")
+    await in_flight(rt, 1)
+    await rt.send(GROUP_UPDATE.chat_id, GROUP_UPDATE)
+    await rt.stop(drain=False)
+    UpdateRecorder.got, UpdateRecorder.block = [], False
+    codec = telegram_codec(second_bot)
+    async with Runtime(UpdateRecorder, store=path, codec=codec, idle_timeout=None) as rt:
+        await settle(rt)
+    assert UpdateRecorder.got[0] == ("block", True)
+    ((update, redelivered),) = UpdateRecorder.got[1:]
+    assert type(update) is TgUpdate
+    assert redelivered
+    assert update.to_dict() == GROUP_UPDATE.to_dict()
+    assert (update.chat_type, update.bot) == (ChatType.SUPERGROUP, second_bot)
+
+
 # -- envelopes -----------------------------------------------------------------------------
 
 
@@ -538,7 +872,6 @@ class SubPlain(Plain):
         (-(2**63) - 1, "int of 64 bits"),
         (10**400, "int of 1329 bits"),
         (bytearray(b"x"), "bytearray"),
-        (Color.RED, "Color"),
         (Unregistered(1), "Unregistered"),
         (SubPlain("x"), "SubPlain"),  # only the exact registered class
         (datetime(2024, 1, 1), "naive datetime"),
@@ -546,6 +879,7 @@ class SubPlain(Plain):
         ({(1, 2): "tuple key"}, "dict key of type tuple"),
         ({True: "bool key"}, "dict key of type bool"),
         ({2**64: "big key"}, "dict key of type int"),
+        ({1.5: "float key"}, "dict key of type float"),
         (Box({1}), "set"),
     ],
     ids=lambda v: type(v).__name__,
