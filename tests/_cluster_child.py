@@ -16,12 +16,22 @@ line per handling to `<out>/<name>.handled` with a single `os.write` on an
 as the handler runs, so it survives SIGKILL, and SIGSTOP cannot reorder it
 against the handling itself::
 
-    H wall_time key n copy kind attempt redelivered epoch msg_id name
+    H wall_time key n copy kind attempt redelivered epoch msg_id name hid start
 
 `epoch` is `ctx.epoch`, the fencing epoch under which the node runs the message
-(`-` if None), and `msg_id` is `ctx.message_id` (`-` if None). A handler answers
-an ask with `n`. SIGTERM stops the runtime gracefully (`await rt.stop()`); the
-child then writes `rt.stats()` to `<out>/<name>.stats.json`, with
+(`-` if None), and `msg_id` is `ctx.message_id` (`-` if None). `hid` names the
+handling (`name.count`), and `start` is when the runtime let it start: the
+`time.monotonic()` of the take that passed the node's fence check (the cell's
+start time), a clock that every process of the machine shares (CLOCK_MONOTONIC).
+When the handler ends (returns, raises or is cancelled), a second line::
+
+    E hid end
+
+with `end` on the same clock. A handler sleeps `handler_ms[(n + k) % 5]`
+milliseconds, `k` from the key (the sum of its characters), so that the users, who
+take turns, do not all have their slow message at once; it answers an ask with
+`n`. SIGTERM stops the runtime gracefully (`await rt.stop()`); the child then
+writes `rt.stats()` to `<out>/<name>.stats.json`, with
 `task_errors`: the node's background tasks that had ended with an exception
 before the stop (a loop that died). It exits 0. Signals: `ready NODE_ID`, then
 `stopped`.
@@ -104,20 +114,33 @@ async def run_node(settings: dict[str, Any], tell_parent: Any) -> None:
         os.path.join(out, f"{name}.handled"), os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644
     )
 
+    seconds = [ms / 1000 for ms in settings["handler_ms"]]
+    count = 0
+
     class Bot(UserActor):
         async def on_message(self, message: Any, ctx: Context) -> Any:
+            nonlocal count
             kind, n, copy = message
+            count += 1
+            hid = f"{name}.{count}"
+            # The start is the take's, right after the fence check: a pause that lands
+            # between the two (before this line) does not make the handler a later one.
+            start = getattr(ctx._cell, "_started", None) or time.monotonic()
             os.write(
                 handled,
                 (
                     f"H {time.time():.6f} {ctx.key} {n} {copy} {kind} {ctx.attempt} "
                     f"{int(ctx.redelivered)} {ctx.epoch if ctx.epoch is not None else '-'} "
-                    f"{ctx.message_id or '-'} {name}\n"
+                    f"{ctx.message_id or '-'} {name} {hid} {start:.6f}\n"
                 ).encode(),
             )
-            # A handler takes 2 to 10 ms (a chat bot's call elsewhere): at any instant
-            # some are running and some wait behind them, read but not committed.
-            await asyncio.sleep(0.002 * (1 + n % 5))
+            try:
+                # A handler takes a few ms (a chat bot's call elsewhere): at any instant
+                # some are running and some wait behind them, read but not committed.
+                shift = sum(map(ord, str(ctx.key)))
+                await asyncio.sleep(seconds[(n + shift) % len(seconds)])
+            finally:
+                os.write(handled, f"E {hid} {time.monotonic():.6f}\n".encode())
             return n
 
     loop = asyncio.get_running_loop()

@@ -11,24 +11,35 @@ must never run. When about a third has been handled, one event happens:
 
 * `kill9`: SIGKILL of the busiest node (the one holding most shards);
 * `sigstop`: SIGSTOP of the busiest node for `lease_ttl` + 1 s, then SIGCONT: it
-  wakes up as a zombie whose leases were taken over meanwhile;
+  wakes up as a zombie whose leases were taken over meanwhile, with messages waiting
+  locally for them (in this scenario one handler in five takes 60 ms, longer than a
+  user's messages are apart, so that one or two wait behind it: `HANDLER_MS`);
 * `sigterm`: SIGTERM of the busiest node, which stops its runtime gracefully;
 * `join`: a fourth node starts and takes its share by handoffs;
 * `redis_restart`: the Redis server restarts (SIGTERM, same port, append-only file).
 
 Every node appends a line per handling to a file of its own (O_APPEND, written
 before the handler's first await, so it survives SIGKILL and SIGSTOP cannot
-reorder it) with `ctx.epoch` and `ctx.message_id`. A monitor thread samples every
-lease and its remaining TTL in one script (with the server's TIME) every 20 ms; the
-shards' ownership logs (`<ns>:{<ns>:<shard>}:log`, written by the ACQUIRE and
-RELEASE scripts) are read at the end. Handlings carry the wall clock, the logs'
-stream ids the server's clock in ms: the same clock, on one machine. The checks:
+reorder it) with `ctx.epoch` and `ctx.message_id`, and the handler's interval: its
+start (the take that passed the fence check) and, in a second line, its end, on
+`time.monotonic()`, which every process of the machine shares. A monitor thread
+samples every lease and its remaining TTL in one script (with the server's TIME)
+every 20 ms; the shards' ownership logs (`<ns>:{<ns>:<shard>}:log`, written by the
+ACQUIRE and RELEASE scripts) are read at the end. Handlings carry the wall clock, the
+logs' stream ids the server's clock in ms: the same clock, on one machine. The checks:
 
 * A handling is *effective* if its epoch was still the shard's current one when it
   started (no release of it and no newer acquisition before it), else *late*: a
   zombie's work, whose commit must be fenced. Late handlings are allowed only in
-  `sigstop`, by the paused node after SIGCONT, under an epoch taken over (not
-  released), and that node's `stats()["cluster"]["fenced"]` must be > 0.
+  `sigstop`, by the paused node, under an epoch taken over (not released), and only
+  one it had taken before the pause (its line written after SIGCONT): one taken after
+  SIGCONT started past the node's fence point. The paused node must have lost shards
+  (`stats()["cluster"]["lost"]`); what waited there for them is dropped ("fenced"), not
+  run (`dropped_by_paused` in the figures).
+* One handler of a key at a time across the processes (G12): no two handlers' intervals
+  of one user overlap, except one the paused node had begun before its pause and was
+  still running then (it finishes after SIGCONT, beside the next owner; its commit is
+  refused). A killed node's handler runs until its process was reaped.
 * Per user, the effective handlings in time order: the first occurrences are exactly
   1..N in order (only an ask that failed with a clear error may be missing); under
   one epoch the numbers follow each other without a gap; the epoch never goes back;
@@ -130,6 +141,12 @@ SLACK = 0.3
 # failed node at most this long before the failure (read, run, commit not yet
 # written). Measured: under 10 ms.
 WINDOW = 0.5
+# How long a handler sleeps (ms), by n % 5 shifted per user (tests/_cluster_child.py).
+# In `sigstop`, one message in five takes 60 ms, more than a user's messages are apart
+# (27 ms): the next one or two wait behind it, read, on the node, so that the paused
+# node wakes up with messages waiting locally for the shards it lost (it used to run
+# one of them beside the next owner).
+HANDLER_MS = {"default": [2, 4, 6, 8, 10], "sigstop": [5, 5, 5, 5, 60]}
 STOP_TIMEOUT = 10.0  # the nodes' rt.stop(timeout=...)
 SEED = int(os.environ.get("INORDER_CHAOS_SEED", "0"))
 
@@ -224,6 +241,8 @@ class Handling:
     epoch: int | None  # ctx.epoch
     msg_id: str  # ctx.message_id, "-" if None
     node: str  # the node's name (n1, n2, ...)
+    hid: str  # the handling's name (its end is the E line of that name)
+    start: float  # time.monotonic() when the runtime let it start (every process's clock)
 
 
 class HandledFiles:
@@ -234,6 +253,7 @@ class HandledFiles:
         self.offsets: dict[Path, int] = {}
         self.partial: dict[Path, bytes] = {}
         self.handlings: list[Handling] = []
+        self.ends: dict[str, float] = {}  # hid -> time.monotonic() when the handler ended
         self.covered: dict[str, set[int]] = defaultdict(set)
 
     def refresh(self) -> None:
@@ -245,7 +265,13 @@ class HandledFiles:
             *lines, rest = data.split(b"\n")
             self.partial[path] = rest
             for raw in lines:
-                _, t, user, n, copy, kind, attempt, red, epoch, msg_id, node = raw.decode().split()
+                if raw.startswith(b"E "):
+                    _, hid, end = raw.decode().split()
+                    self.ends[hid] = float(end)
+                    continue
+                _, t, user, n, copy, kind, attempt, red, epoch, msg_id, node, hid, start = (
+                    raw.decode().split()
+                )
                 h = Handling(
                     float(t),
                     user,
@@ -257,6 +283,8 @@ class HandledFiles:
                     None if epoch == "-" else int(epoch),
                     msg_id,
                     node,
+                    hid,
+                    float(start),
                 )
                 self.handlings.append(h)
                 if h.copy == 0:
@@ -377,6 +405,10 @@ class Event:
     # stopped): the node may run on for a moment after the signal is sent.
     confirmed: float = 0.0
     shards: tuple[int, ...] = ()  # the shards the node held just before
+    # The same instants on time.monotonic(), the clock of the handlers' intervals.
+    at_mono: float = 0.0
+    until_mono: float = 0.0
+    confirmed_mono: float = 0.0
 
 
 @dataclass
@@ -402,6 +434,7 @@ class Run:
             "out": str(self.out),
             "name": name,
             "stop_timeout": STOP_TIMEOUT,
+            "handler_ms": HANDLER_MS.get(self.scenario, HANDLER_MS["default"]),
             "max_life": 150,
             "producer": {
                 "seed": self.seed,
@@ -465,21 +498,24 @@ def do_event(run: Run, monitor: LeaseMonitor, files: HandledFiles) -> None:
     victim = busiest(run, monitor, files)
     shards = held_by(monitor, victim.node_id)
     if scenario == "kill9":
-        at = time.time()
+        at, at_mono = time.time(), time.monotonic()
         victim.send_signal(signal.SIGKILL)
         victim.process.wait(10)
-        dead = time.time()
-        run.events.append(Event("kill9", victim.name, victim.node_id, at, 0.0, dead, shards))
+        dead, dead_mono = time.time(), time.monotonic()
+        event = Event("kill9", victim.name, victim.node_id, at, 0.0, dead, shards)
+        event.at_mono, event.confirmed_mono = at_mono, dead_mono
+        run.events.append(event)
     elif scenario == "sigstop":
-        at = time.time()
+        at, at_mono = time.time(), time.monotonic()
         victim.send_signal(signal.SIGSTOP)
         _, status = os.waitpid(victim.process.pid, os.WUNTRACED)  # reports it, reaps nothing
         assert os.WIFSTOPPED(status), status
-        stopped = time.time()
+        stopped, stopped_mono = time.time(), time.monotonic()
         time.sleep(LEASE_TTL + 1.0)
-        until = time.time()
+        until, until_mono = time.time(), time.monotonic()
         victim.send_signal(signal.SIGCONT)
         event = Event("sigstop", victim.name, victim.node_id, at, until, stopped, shards)
+        event.at_mono, event.until_mono, event.confirmed_mono = at_mono, until_mono, stopped_mono
         run.events.append(event)
     elif scenario == "sigterm":
         at = run.stop_began[victim.name] = time.time()
@@ -625,6 +661,7 @@ def analyse(
     handlings: list[Handling],
     samples: list[Sample],
     logs: dict[int, list[tuple[int, str, str, int]]],
+    handler_ends: dict[str, float],
 ) -> tuple[list[Problem], dict[str, Any]]:
     """Every check of the module documentation; returns (problems, figures)."""
     problems: list[Problem] = []
@@ -765,11 +802,53 @@ def analyse(
                 )
             elif failure is None or failure.kind != "sigstop" or h.t < failure.until:
                 problem(f"handled by {h.node} after its epoch was taken over: {h}")
+            elif h.start >= failure.until_mono:  # taken after SIGCONT, past the fence point
+                problem(f"started by {h.node} after SIGCONT, its epoch taken over: {h}")
             continue
         if h.t * 1000 < next((ms for ms, e, _ in acquired[shard] if e == h.epoch), 0):
             problem(f"handled before its epoch was acquired: {h}")
         effective[h.user].append(h)
     figures["late"] = len(late)
+
+    # -- one handler of a key at a time, across processes (G12) --------------------------
+    def running_at_pause(h: Handling, end: float) -> bool:
+        """A handler the paused node had begun before its pause and that was still running
+        then: it may finish after SIGCONT, beside the next owner (its commit is fenced)."""
+        failure = failures.get(h.node)
+        return (
+            failure is not None
+            and failure.kind == "sigstop"
+            and h.start < failure.until_mono
+            and end > failure.at_mono
+        )
+
+    overlaps = 0
+    by_user: dict[str, list[Handling]] = defaultdict(list)
+    for h in handlings:
+        by_user[h.user].append(h)
+    for user, seq in sorted(by_user.items()):
+        last: Handling | None = None  # the handler that ends last of those begun so far
+        last_end = float("-inf")
+        for h in sorted(seq, key=lambda h: h.start):
+            end = handler_ends.get(h.hid)
+            if end is None:
+                failure = failures.get(h.node)
+                if failure is None or failure.kind != "kill9":
+                    problem(f"a handler never ended: {h}")
+                    continue
+                end = failure.confirmed_mono  # it ran until its process died
+            if running_at_pause(h, end):
+                continue
+            if last is not None and h.start < last_end:
+                overlaps += 1
+                problem(
+                    f"{user}: two handlers at once, {last.node} epoch {last.epoch} n {last.n} "
+                    f"(until {last_end:.3f}) and {h.node} epoch {h.epoch} n {h.n} (from "
+                    f"{h.start:.3f})"
+                )
+            if end > last_end:
+                last, last_end = h, end
+    figures["overlaps"] = overlaps
 
     # -- per user: order, coverage, duplicates, redelivery --------------------------------
     failed_asks = failed_ask_numbers(run.out)
@@ -885,8 +964,12 @@ def analyse(
             problem(f"{name} took {stats['stop_seconds']:.1f} s to stop")
     figures["fenced"] = fenced
     for event in failures.values():
-        if event.kind == "sigstop" and fenced.get(event.node, 0) < 1:
-            problem(f"{event.node} was paused past its lease but nothing of it was fenced")
+        stats = run.stats.get(event.node)
+        if event.kind == "sigstop" and stats is not None:
+            # What waited there for the lost shards was dropped ("fenced"), not run.
+            figures["dropped_by_paused"] = stats["dropped"]
+            if stats["cluster"]["lost"] < 1:
+                problem(f"{event.node} was paused past its lease but lost no shard")
 
     # A node task that died leaves everything after it undone: every problem follows.
     died = " ".join(repr(stats["task_errors"]) for stats in run.stats.values())
@@ -919,7 +1002,7 @@ def test_cluster_through_failures(tmp_path: Path, scenario: str) -> None:
             for child in [*run.nodes.values(), run.producer]:
                 if child is not None:
                     child.close()
-    problems, figures = analyse(run, files.handlings, monitor.samples, logs)
+    problems, figures = analyse(run, files.handlings, monitor.samples, logs, files.ends)
     figures["seconds"] = round(time.monotonic() - began, 1)
     figures["handled"] = len(files.handlings)
     figures["events"] = [
