@@ -29,7 +29,7 @@ python_for  = $(if $(filter $(1),$(PY_VERSION)),$(PY),$(or $(PYTHON_$(1)), \
                   $(shell command -v python$(1) 2>/dev/null)))
 venv_for    = $(if $(filter $(1),$(PY_VERSION)),$(VENV),$(VENV)/py$(1))
 
-.PHONY: test lint typecheck pytest pytest-compiled compiled demo demo-cluster bench bench-quick clean $(SUITES)
+.PHONY: test lint typecheck check-wheel pytest pytest-compiled compiled demo demo-cluster bench bench-quick clean $(SUITES)
 
 $(BIN)/python:
 	$(PY) -m venv $(VENV)
@@ -39,8 +39,8 @@ $(STAMP): pyproject.toml | $(BIN)/python
 	$(BIN)/python -m pip install --quiet -e '.[dev,bench]'  # editable: pure Python (setup.py)
 	touch $(STAMP)
 
-# A C compiler error still ends in a build, a pure one (setup.py: all or nothing), so
-# the check below fails the target and shows the compiler's errors from the build's log.
+# A build that cannot compile fails (setup.py), and the log's tail says why; the check
+# after it is a guard that what was built is the compiled package.
 $(COMPILED)/.built: $(STAMP) $(SOURCES)
 	rm -rf $(COMPILED) build  # pip builds in the tree: no stale objects
 	$(BIN)/python -m pip install --verbose --no-deps --target $(COMPILED) . > $(VENV)/compiled.log 2>&1 \
@@ -53,14 +53,16 @@ $(COMPILED)/.built: $(STAMP) $(SOURCES)
 
 compiled: $(COMPILED)/.built
 
-# ruff and mypy once (they read the sources, whatever runs them), then the whole suite
-# on every supported Python the machine has, twice each: on the pure-Python sources and
-# on the compiled package. -k: a failing suite does not hide how the others went; the
-# summary at the end says what ran, and make test fails if any suite did.
-test: lint typecheck
+# ruff, mypy and the wheel check once (ruff and mypy read the sources, whatever runs
+# them; the wheel check runs on $(PY), the build settings it covers being the same for
+# every Python), then the whole suite on every supported Python the machine has, twice
+# each: on the pure-Python sources and on the compiled package. -k: a failing suite does
+# not hide how the others went; the summary at the end says what ran, and make test
+# fails if any suite did.
+test: lint typecheck check-wheel
 	@rm -f $(SUMMARY); start=$$SECONDS; \
 	$(MAKE) --no-print-directory -k $(SUITES); status=$$?; \
-	echo; echo "make test: ruff and mypy passed; the suite took $$((SECONDS - start))s:"; \
+	echo; echo "make test: ruff, mypy and the wheel check passed; the suite took $$((SECONDS - start))s:"; \
 	cat $(SUMMARY); \
 	awk '$$3 == "FAILED" && !/ (passed|failed|errors?) / { f++ } \
 		{ for (i = 2; i <= NF; i++) { n = $$(i - 1) + 0; \
@@ -100,6 +102,13 @@ lint: $(STAMP)
 
 typecheck: $(STAMP)
 	$(BIN)/mypy actors supervisors
+
+# The package as users get it from pip: a copy of the tree built in pip's isolated build
+# env (only [build-system] requires: no redis), installed in a fresh venv, is compiled;
+# a build that cannot compile fails and says how to get the pure-Python package
+# (tests/test_build.py, the tests named wheel; the suites skip them). About a minute.
+check-wheel: $(STAMP)
+	INORDER_TEST_WHEEL=1 $(BIN)/python -m pytest -q -p no:cacheprovider tests/test_build.py -k wheel
 
 pytest: $(STAMP)
 	$(BIN)/python -m pytest -q
