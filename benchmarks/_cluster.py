@@ -107,8 +107,7 @@ class Sizes:
     users: int
     messages: int
     lease_ttl: float
-    tick: float
-    member_ttl: float
+    tick: float  # member_ttl: RedisCluster's default, half of lease_ttl
     before_kill: float  # seconds of steady load before the kill
     after_kill: float  # seconds of load after the lease time has passed
     n_shards: int = N_SHARDS
@@ -117,8 +116,8 @@ class Sizes:
     @classmethod
     def of(cls, params: Params) -> Sizes:
         if params.quick:
-            return cls(200, 8_000, 1.0, 0.2, 0.5, 0.5, 0.5)
-        return cls(1_000, 100_000, 3.0, 0.5, 1.5, 1.0, 1.0)
+            return cls(200, 8_000, 1.0, 0.2, 0.5, 0.5)
+        return cls(1_000, 100_000, 3.0, 0.5, 1.0, 1.0)
 
     def cluster(self) -> dict[str, Any]:
         """The `RedisCluster` settings of every node (and of the sender)."""
@@ -127,7 +126,6 @@ class Sizes:
             "n_shards": self.n_shards,
             "lease_ttl": self.lease_ttl,
             "tick": self.tick,
-            "member_ttl": self.member_ttl,
             "join_grace": 0.0,
         }
 

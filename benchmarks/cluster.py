@@ -62,7 +62,7 @@ async def _main(args: argparse.Namespace) -> None:
     if args.msg_id:
         changes["msg_ids"] = True
     if args.lease:
-        changes.update(lease_ttl=args.lease, tick=args.lease / 6, member_ttl=args.lease / 2)
+        changes.update(lease_ttl=args.lease, tick=args.lease / 6)
     sizes = dataclasses.replace(sizes, **changes)
     with embedded_server() as server, tempfile.TemporaryDirectory() as tmp:
         profiles = Path(tmp) if args.profile else None

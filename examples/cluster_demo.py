@@ -80,7 +80,6 @@ def cluster_config(url: str, role: str = "node") -> RedisCluster:
         role="sender" if role == "sender" else "node",
         lease_ttl=LEASE_TTL,
         tick=TICK,
-        member_ttl=1.0,
         join_grace=0.5,
         handoff_timeout=3.0,
         ask_timeout=20.0,

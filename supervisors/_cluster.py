@@ -40,9 +40,16 @@ class RedisCluster:
             the life of the namespace (a node refuses to start on a mismatch).
         role: `"node"` runs actors and owns shards; `"sender"` only sends.
         lease_ttl: seconds a shard's lease lasts without renewal; a node that died
-            loses its shards after at most this long.
-        tick: seconds between membership heartbeats and lease renewals.
-        member_ttl: seconds after its last heartbeat that a node counts as gone.
+            loses its shards after at most this long, and another node takes them
+            over at its next tick after that.
+        tick: seconds between membership heartbeats and lease renewals; less than
+            half of `lease_ttl`.
+        member_ttl: seconds after its last heartbeat that a node counts as gone
+            (the others then plan its shards for themselves). None (the default):
+            half of `lease_ttl` (`effective_member_ttl`). Given, it must be more than
+            `tick` (a live node would drop out between heartbeats) and at most
+            `lease_ttl` (a dead node's shards would wait for its membership to
+            expire, not its leases).
         join_grace: seconds a new node waits before taking shards.
         max_handoffs: shards a node hands off at once when another joins.
         handoff_timeout: seconds a handoff waits for the shard's messages to drain
@@ -66,7 +73,7 @@ class RedisCluster:
     role: Literal["node", "sender"] = "node"
     lease_ttl: float = 10.0
     tick: float = 1.0
-    member_ttl: float = 5.0
+    member_ttl: float | None = None
     join_grace: float = 3.0
     max_handoffs: int = 8
     handoff_timeout: float = 10.0
@@ -81,7 +88,9 @@ class RedisCluster:
         if not isinstance(self.url, str) or not self.url.startswith(
             ("redis://", "rediss://", "unix://")
         ):
-            msg = f"url must be a redis://, rediss:// or unix:// URL, got {self.url!r}"
+            url = self.url  # never the password in the message
+            got = repr(redact_url(url)) if isinstance(url, str) else type(url).__name__
+            msg = f"url must be a redis://, rediss:// or unix:// URL, got {got}"
             raise ValueError(msg)
         if not isinstance(self.namespace, str) or not _NAMESPACE.fullmatch(self.namespace):
             msg = f"namespace must be 1-64 of [A-Za-z0-9_.-], got {self.namespace!r}"
@@ -111,6 +120,8 @@ class RedisCluster:
             "dedup_window",
         ):
             value = getattr(self, name)
+            if value is None and name == "member_ttl":
+                continue  # derived from lease_ttl
             if isinstance(value, bool) or not isinstance(value, int | float):
                 msg = f"{name} must be a number of seconds, got {value!r}"
                 raise TypeError(msg)
@@ -120,11 +131,50 @@ class RedisCluster:
         if self.tick * 2 >= self.lease_ttl:
             msg = f"tick ({self.tick}) must be less than half of lease_ttl ({self.lease_ttl})"
             raise ValueError(msg)
+        member = self.member_ttl
+        if member is not None and member > self.lease_ttl:
+            msg = (
+                f"member_ttl ({member}) must not be more than lease_ttl ({self.lease_ttl}): "
+                "a dead node's shards would wait for its membership to expire, not its leases"
+            )
+            raise ValueError(msg)
+        if member is not None and member <= self.tick:
+            msg = (
+                f"member_ttl ({member}) must be more than tick ({self.tick}): a live node "
+                "would count as gone between its heartbeats"
+            )
+            raise ValueError(msg)
+
+    @property
+    def effective_member_ttl(self) -> float:
+        """`member_ttl`, or half of `lease_ttl` when it is None (more than `tick`, since
+        `tick` is less than half of `lease_ttl`)."""
+        return self.lease_ttl / 2 if self.member_ttl is None else self.member_ttl
 
     def __repr__(self) -> str:
         # Never the password: the URL's credentials are masked.
-        url = re.sub(r"//([^@/]*)@", "//***@", self.url)
+        url = redact_url(self.url)
         return (
             f"RedisCluster({url!r}, namespace={self.namespace!r}, n_shards={self.n_shards}, "
             f"role={self.role!r})"
         )
+
+
+_QUERY_SECRET: Final = re.compile(r"(?i)([?&;]password=)[^&;#]*")
+
+
+def redact_url(url: str) -> str:
+    """`url` without its user name and password: `redis://***@host:6379/0`.
+
+    The user information is everything up to the last `@` after the scheme (a
+    password may hold an unencoded `@`, `/` or `?`), and a `password=` in the query
+    (redis-py reads one there too) is masked as well. A string that is not a URL is
+    masked the same way, from its start.
+    """
+    url = _QUERY_SECRET.sub(r"\1***", url)
+    scheme, sep, rest = url.partition("://")
+    if not sep:
+        scheme, rest = "", url
+    if "@" in rest:
+        rest = "***@" + rest.rpartition("@")[2]
+    return scheme + sep + rest

@@ -47,7 +47,8 @@ class Leases(NodeState):
         seconds, micros = await c.time()
         now_ms = seconds * 1000 + micros // 1000
         async with c.pipeline(transaction=False) as pipe:  # reset whatever happens
-            pipe.zadd(self.members_key, {self.node_id: now_ms + int(cfg.member_ttl * 1000)})
+            member_ms = int(cfg.effective_member_ttl * 1000)
+            pipe.zadd(self.members_key, {self.node_id: now_ms + member_ms})
             pipe.zrangebyscore(self.members_key, now_ms, "+inf")
             pipe.zremrangebyscore(self.members_key, "-inf", now_ms - 60_000)
             _, members, _ = await pipe.execute()

@@ -40,6 +40,7 @@ from typing import TYPE_CHECKING, Any
 
 from actors._errors import CodecError, FutureTimeout, MailboxFull, RuntimeStopped
 from supervisors import _cluster_scripts as scripts
+from supervisors._backoff import Backoff
 from supervisors._cluster_commits import Commits
 from supervisors._cluster_leases import Leases
 from supervisors._cluster_reader import Reader
@@ -191,12 +192,14 @@ class ClusterNode(Leases, Reader, Commits):
         """Write what is queued, one batch at a time (one process's sends keep their order).
 
         A batch Redis does not take (it is restarting, the network is down) is retried
-        with a growing pause, ahead of anything queued later, until it is written or
-        the node stops; a `tell` that returned is therefore never dropped for an outage
-        (a batch cut off half-way may be written twice: at-least-once, and a `msg_id`
-        makes the copy a no-op). `enqueue` refuses new messages while `MAX_OUTBOX` wait.
+        with a growing pause (`Backoff`: 50 ms doubled up to `tick`), ahead of anything
+        queued later, until it is written or the node stops; a `tell` that returned is
+        therefore never dropped for an outage (a batch cut off half-way may be written
+        twice: at-least-once, and a `msg_id` makes the copy a no-op). `enqueue` refuses
+        new messages while `MAX_OUTBOX` wait. The outage logs `cluster_send_retry` at
+        its 1st, 2nd, 4th... failure, and `cluster_send_recovered` once it is over.
         """
-        pause = 0.05
+        backoff = Backoff(0.05, self.config.tick)
         while not self._closing:
             await self._wake_outbox.wait()
             self._wake_outbox.clear()
@@ -214,11 +217,19 @@ class ClusterNode(Leases, Reader, Commits):
                 except asyncio.CancelledError:
                     raise
                 except Exception as exc:
-                    self.log.warning("cluster_send_retry", error=repr(exc), count=len(batch))
-                    await asyncio.sleep(pause)
-                    pause = min(pause * 2, self.config.tick)
+                    retry = backoff.failed()
+                    if retry.log:
+                        self.log.warning(
+                            "cluster_send_retry",
+                            error=repr(exc),
+                            count=len(batch),
+                            failures=retry.failures,
+                            retry_in=retry.pause,
+                        )
+                    await asyncio.sleep(retry.pause)
                     continue
-                pause = 0.05
+                if failures := backoff.succeeded():
+                    self.log.info("cluster_send_recovered", failures=failures, count=len(batch))
                 self.counts["sent"] += len(batch)
                 for _, _, waiter in batch:
                     if waiter is not None and not waiter.done():
@@ -249,16 +260,32 @@ class ClusterNode(Leases, Reader, Commits):
             future.set_exception((FutureTimeout, error, None))
 
     async def _reply_loop(self) -> None:
+        """Read this node's replies (a blocking pop, a second at a time) and answer the asks.
+
+        While Redis is unreachable, a read is retried after a growing pause (`Backoff`:
+        50 ms doubled up to `tick`); the outage logs `cluster_reply_read_failed` at its
+        1st, 2nd, 4th... failure, and `cluster_reply_read_recovered` once it is over.
+        """
         client = self.client
+        backoff = Backoff(0.05, self.config.tick)
         while not self._closing:
             try:
                 got = await client.blpop([self.reply_key], timeout=1)
             except asyncio.CancelledError:
                 raise
             except Exception as exc:
-                self.log.warning("cluster_reply_read_failed", error=repr(exc))
-                await asyncio.sleep(0.1)
+                retry = backoff.failed()
+                if retry.log:
+                    self.log.warning(
+                        "cluster_reply_read_failed",
+                        error=repr(exc),
+                        failures=retry.failures,
+                        retry_in=retry.pause,
+                    )
+                await asyncio.sleep(retry.pause)
                 continue
+            if failures := backoff.succeeded():
+                self.log.info("cluster_reply_read_recovered", failures=failures)
             if got is not None:
                 self._answer(got[1])
 

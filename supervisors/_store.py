@@ -84,7 +84,10 @@ def check_cluster(cluster: Any, store: Any) -> RedisCluster | None:
     if cluster is None:
         return None
     if not isinstance(cluster, RedisCluster):
-        msg = f"cluster must be a supervisors.RedisCluster, got {cluster!r}"
+        # The type only: a URL given here would put its password in the message.
+        msg = f"cluster must be a supervisors.RedisCluster, got {type(cluster).__name__}"
+        if isinstance(cluster, str):
+            msg += " (give RedisCluster(url))"
         raise TypeError(msg)
     if store is not None:
         msg = "store= and cluster= cannot be combined: in cluster mode Redis keeps the messages"

@@ -34,6 +34,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import importlib
+import itertools
 import os
 import random
 import shutil
@@ -47,6 +48,7 @@ import weakref
 from typing import TYPE_CHECKING, Protocol, Self, final
 
 from actors._errors import InorderError
+from supervisors._cluster import redact_url
 
 if TYPE_CHECKING:
     from collections.abc import Iterator, Sequence
@@ -76,6 +78,8 @@ _PORT_ATTEMPTS = 3
 _PROBE_TIMEOUT = 0.2
 # Its own generator: tests that seed the global one must not make parallel runs pick alike.
 _RANDOM = random.Random()
+# Server options whose value is a secret, kept out of the start error's command line.
+_SECRET_OPTIONS = frozenset({"--requirepass", "--masterauth"})
 
 
 class RedisStartError(InorderError, RuntimeError):
@@ -206,7 +210,10 @@ class EmbeddedRedis:
     (`save ""`), with `appendonly` an append-only file fsynced every second,
     and `bind 127.0.0.1` with protected mode on. `extra_args` are further
     server options, as on its command line: `("--maxmemory", "64mb")`; they come
-    last, so they override these.
+    last, so they override these. With `("--requirepass", password)` (the last one
+    counts) the start-up PING authenticates and `url` carries the password, so a
+    client given `url` connects; the password is masked in `RedisStartError`
+    (command line and log lines) and never in the repr.
 
     `stop()`, `kill()` and `restart()` act on the process by its PID; at garbage
     collection or interpreter exit a server still running is stopped (SIGTERM,
@@ -230,6 +237,7 @@ class EmbeddedRedis:
         self._binary = _server_binary()
         self._appendonly = appendonly
         self._extra_args = tuple(extra_args)
+        self._password = _requirepass(self._extra_args)
         self._start_timeout = start_timeout
         self._child = _Child()
         self._finalizer = weakref.finalize(self, self._child.finalize)
@@ -255,7 +263,10 @@ class EmbeddedRedis:
 
     @property
     def url(self) -> str:
-        """`redis://127.0.0.1:PORT/0`: the same across `restart()`."""
+        """`redis://127.0.0.1:PORT/0`, or `redis://:PASSWORD@127.0.0.1:PORT/0` (the
+        password percent-encoded) with `--requirepass`: the same across `restart()`."""
+        if self._password:
+            return f"redis://:{urllib.parse.quote(self._password, safe='')}@{_HOST}:{self._port}/0"
         return f"redis://{_HOST}:{self._port}/0"
 
     @property
@@ -391,6 +402,28 @@ class EmbeddedRedis:
             *self._extra_args,
         ]  # fmt: skip
 
+    def _shown_arguments(self) -> list[str]:
+        """The command line with every secret masked (a password, an ACL `>password`)."""
+        shown = []
+        after_secret_option = False
+        for argument in self._arguments():
+            if after_secret_option:
+                argument = "***"
+            elif argument[:1] in (">", "<", "#"):  # an ACL rule that holds a password
+                argument = argument[0] + "***"
+            shown.append(argument)
+            after_secret_option = argument in _SECRET_OPTIONS
+        return shown
+
+    def _secrets(self) -> list[str]:
+        """The secrets of the command line, as the server's log may quote them."""
+        arguments = self._arguments()
+        secrets = [
+            value for option, value in itertools.pairwise(arguments) if option in _SECRET_OPTIONS
+        ]
+        secrets += [a[1:] for a in arguments if a[:1] in (">", "<", "#")]
+        return [secret for secret in secrets if secret]
+
     def _launch(self) -> None:
         """Start the process and return once it answers PING; on failure, leave no process."""
         log_path = self.log_path
@@ -415,7 +448,7 @@ class EmbeddedRedis:
                 raise self._start_error(f"it exited with status {process.returncode}", log_start)
             # The PID check: on a taken port another server may answer PING
             # while ours is still finding out that it cannot bind.
-            if _answering_pid(self._port, _PROBE_TIMEOUT) == process.pid:
+            if _answering_pid(self._port, _PROBE_TIMEOUT, self._password) == process.pid:
                 return
             if time.monotonic() >= deadline:
                 self._child.halt(graceful=False, timeout=5.0)
@@ -433,12 +466,12 @@ class EmbeddedRedis:
         except OSError:
             lines = []
         port_taken = any("Address already in use" in line for line in lines)
-        text = "\n".join(lines[-_LOG_TAIL_LINES:]) or "(empty)"
+        text = _mask("\n".join(lines[-_LOG_TAIL_LINES:]), self._secrets()) or "(empty)"
         hint = f" (port {self._port} is in use by another process)" if port_taken else ""
         kind = _PortTakenError if port_taken else RedisStartError
         return kind(
             f"the Valkey server on {_HOST}:{self._port} did not start: {what}{hint}.\n"
-            f"command: {' '.join(self._arguments())}\n"
+            f"command: {' '.join(self._shown_arguments())}\n"
             f"its log ({self.log_path}), last lines:\n{text}"
         )
 
@@ -554,19 +587,24 @@ def _bindable(port: int) -> bool:
         return True
 
 
-def _answering_pid(port: int, timeout: float) -> int | None:
+def _answering_pid(port: int, timeout: float, password: str = "") -> int | None:
     """The process id of the server answering PING on 127.0.0.1:`port`, or None.
 
-    None while nothing listens, while it loads its AOF (-LOADING) or when what
-    answers is not a Redis-protocol server. A raw socket: the server must be
-    checkable without redis-py.
+    None while nothing listens, while it loads its AOF (-LOADING), when what
+    answers is not a Redis-protocol server, or when it refuses `password` (sent
+    with AUTH first, if not empty). A raw socket: the server must be checkable
+    without redis-py.
     """
+    secret = password.encode()
+    auth = b"*2\r\n$4\r\nAUTH\r\n$%d\r\n%s\r\n" % (len(secret), secret) if secret else b""
     try:
         with (
             socket.create_connection((_HOST, port), timeout=timeout) as sock,
             sock.makefile("rb") as replies,
         ):
-            sock.sendall(b"*1\r\n$4\r\nPING\r\n*2\r\n$4\r\nINFO\r\n$6\r\nserver\r\n")
+            sock.sendall(auth + b"*1\r\n$4\r\nPING\r\n*2\r\n$4\r\nINFO\r\n$6\r\nserver\r\n")
+            if auth and replies.readline() != b"+OK\r\n":
+                return None
             if replies.readline() != b"+PONG\r\n":
                 return None
             header = replies.readline()
@@ -583,8 +621,21 @@ def _answering_pid(port: int, timeout: float) -> int | None:
 
 
 def _redact(url: str) -> str:
-    """`url` without its user name and password."""
-    parts = urllib.parse.urlsplit(url)
-    if "@" not in parts.netloc:
-        return url
-    return urllib.parse.urlunsplit(parts._replace(netloc="***@" + parts.netloc.rpartition("@")[2]))
+    """`url` without its user name and password (as `RedisCluster`'s repr shows it)."""
+    return redact_url(url)
+
+
+def _requirepass(arguments: Sequence[str]) -> str:
+    """The value of the last `--requirepass` in `arguments` ("" if none: no password)."""
+    password = ""
+    for option, value in itertools.pairwise(arguments):
+        if option == "--requirepass":
+            password = value
+    return password
+
+
+def _mask(text: str, secrets: Sequence[str]) -> str:
+    """`text` with every occurrence of each secret replaced by `***`."""
+    for secret in sorted(secrets, key=len, reverse=True):
+        text = text.replace(secret, "***")
+    return text

