@@ -15,6 +15,7 @@ import uuid
 from typing import TYPE_CHECKING, Any
 
 from actors._errors import CodecError, Dropped
+from supervisors._backoff import Backoff
 from supervisors._cluster_state import Item, NodeState, RemoteReply, Shard
 
 if TYPE_CHECKING:
@@ -152,6 +153,7 @@ class Commits(NodeState):
                     item.dead,
                 ]
             calls.append((shard, items, keys, args))
+        backoff = Backoff(self.config.tick / 4, self.config.tick)
         while True:
             try:
                 # A pipeline per attempt: redis-py empties one when its execute fails.
@@ -163,8 +165,17 @@ class Commits(NodeState):
             except asyncio.CancelledError:
                 raise
             except Exception as exc:  # Redis unreachable: retried before any later batch
-                self.log.warning("cluster_commit_retry", error=repr(exc))
-                await asyncio.sleep(self.config.tick / 4)
+                retry = backoff.failed()
+                if retry.log:  # an outage logs a few lines, not one per try
+                    self.log.warning(
+                        "cluster_commit_retry",
+                        error=repr(exc),
+                        failures=retry.failures,
+                        retry_in=retry.pause,
+                    )
+                await asyncio.sleep(retry.pause)
+        if failures := backoff.succeeded():
+            self.log.info("cluster_commit_recovered", failures=failures)
         order = [(shard, items) for shard, items, _, _ in calls]
         for (shard, items), result in zip(order, results, strict=True):
             shard.inflight -= len(items)

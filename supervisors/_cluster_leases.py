@@ -15,6 +15,7 @@ import asyncio
 import contextlib
 import time
 
+from supervisors._backoff import Backoff
 from supervisors._cluster_state import NodeState, Shard
 from supervisors._shards import plan, shard_of
 from supervisors._snapshots import MemorySnapshots
@@ -27,14 +28,22 @@ class Leases(NodeState):
 
     async def _tick_loop(self) -> None:
         cfg = self.config
+        # The pace stays one tick (self-fencing counts on it); only the logging backs off.
+        backoff = Backoff(cfg.tick, cfg.tick)
         while not self._closing:
             began = time.monotonic()
             try:
                 await self._tick(began)
+                if backoff.failures and (failures := backoff.succeeded()):
+                    self.log.info("cluster_tick_recovered", failures=failures)
             except asyncio.CancelledError:
                 raise
             except Exception as exc:
-                self.log.warning("cluster_tick_failed", error=repr(exc))
+                retry = backoff.failed()
+                if retry.log:
+                    self.log.warning(
+                        "cluster_tick_failed", error=repr(exc), failures=retry.failures
+                    )
                 if self.owned and began - self._last_renew > 0.8 * cfg.lease_ttl:
                     self.log.error("cluster_self_fenced", shards=len(self.owned))
                     for shard in list(self.owned.values()):

@@ -16,6 +16,7 @@ import time
 from typing import Any
 
 from actors._errors import CodecError
+from supervisors._backoff import Backoff
 from supervisors._cluster_state import (
     Item,
     NodeState,
@@ -153,6 +154,8 @@ class Reader(NodeState):
 
     async def _read_loop(self) -> None:
         cfg = self.config
+        # An outage: a growing pause between tries, and a few log lines, not one per try.
+        backoff = Backoff(cfg.tick / 4, cfg.tick)
         while not self._closing:
             readable = [
                 s
@@ -178,12 +181,21 @@ class Reader(NodeState):
                     # answer was lost (Redis stopping): read them from there next time.
                     for shard in readable:
                         shard.resync = True
-                    self.log.warning("cluster_read_failed", error=repr(exc))
-                    await asyncio.sleep(cfg.tick / 4)
+                    retry = backoff.failed()
+                    if retry.log:
+                        self.log.warning(
+                            "cluster_read_failed",
+                            error=repr(exc),
+                            failures=retry.failures,
+                            retry_in=retry.pause,
+                        )
+                    await asyncio.sleep(retry.pause)
                     continue
                 finally:
                     for shard in readable:
                         shard.inflight -= 1
+                if backoff.failures and (failures := backoff.succeeded()):
+                    self.log.info("cluster_read_recovered", failures=failures)
             if got:
                 await asyncio.sleep(0)
                 continue
@@ -317,16 +329,22 @@ class Reader(NodeState):
             elif msg_id not in seen:  # a later copy in this batch: caught at dispatch
                 seen.add(msg_id)
                 lookup.setdefault(shard.index, []).append((name, msg_id))
-        pause = 0.05
+        backoff = Backoff(0.05, self.config.tick)
         while lookup:
             try:
                 answers = await self._done_scores(lookup)
             except asyncio.CancelledError:
                 raise
             except Exception as exc:  # Redis restarting: the entries wait in our consumer
-                self.log.warning("cluster_read_failed", error=repr(exc))
-                await asyncio.sleep(pause)
-                pause = min(pause * 2, self.config.tick)
+                retry = backoff.failed()
+                if retry.log:
+                    self.log.warning(
+                        "cluster_read_failed",
+                        error=repr(exc),
+                        failures=retry.failures,
+                        retry_in=retry.pause,
+                    )
+                await asyncio.sleep(retry.pause)
                 continue
             for pairs, scores in zip(lookup.values(), answers, strict=True):
                 duplicates.update(e for (e, _), score in zip(pairs, scores, strict=True) if score)

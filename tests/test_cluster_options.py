@@ -229,3 +229,43 @@ async def test_an_outage_is_retried_with_backoff_and_logged_a_few_times() -> Non
         assert failures >= 20
         logged = [e["failures"] for e in logs if e["event"] == failed]
         assert logged == [2**n for n in range(failures.bit_length())], (failed, logged)
+
+
+async def test_a_nodes_reads_and_ticks_log_an_outage_a_few_times() -> None:
+    """Redis stops under a node that owns shards: its reader backs off, and neither it nor
+    the tick loop (which keeps its pace: self-fencing counts on it) logs every try; each
+    logs its recovery once Redis is back."""
+    server = await asyncio.to_thread(EmbeddedRedis)
+    try:
+        with structlog.testing.capture_logs() as logs:
+            async with running(server.url) as rt:
+                await until(lambda: len(rt.stats()["cluster"]["shards_owned"]) == 8)
+                await asyncio.to_thread(server.stop)
+
+                def failed(event: str) -> list[int]:
+                    return [e["failures"] for e in logs if e["event"] == event]
+
+                await until(lambda: max(failed("cluster_tick_failed"), default=0) >= 16, 30)
+                await until(lambda: max(failed("cluster_read_failed"), default=0) >= 8, 30)
+                await asyncio.to_thread(server.start)
+                await until(
+                    lambda: (
+                        {"cluster_tick_recovered", "cluster_read_recovered"}
+                        <= {e["event"] for e in logs}
+                    ),
+                    seconds=20,
+                )
+    finally:
+        await asyncio.to_thread(server.stop)
+    for failed_event, recovered in (
+        ("cluster_tick_failed", "cluster_tick_recovered"),
+        ("cluster_read_failed", "cluster_read_recovered"),
+    ):
+        lines = [e for e in logs if e["event"] == failed_event]
+        assert all("failures" in e for e in lines), failed_event  # before: a line a try
+        summaries = [e["failures"] for e in logs if e["event"] == recovered]
+        assert summaries
+        logged = [e["failures"] for e in lines]
+        # Every outage logs its 1st, 2nd, 4th... failure only.
+        assert all(n & (n - 1) == 0 for n in logged), (failed_event, logged)
+        assert len(logged) <= sum(n.bit_length() for n in summaries) + 1, (failed_event, logged)
