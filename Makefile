@@ -74,6 +74,8 @@ test: lint typecheck check-wheel
 # The suite on one Python, both builds: the targets below, run with that Python's venv.
 # Each build adds a line to $(SUMMARY): version, build, outcome, pytest's tally, and the
 # time with the venv or the mypyc build. A Python this machine lacks is skipped, loudly.
+# The first Python ($(PY)) runs every test; the others leave out the few slow files
+# (tests/conftest.py SLOW_FILES: chaos, crash, demo and benchmark runs), as "deselected".
 $(SUITES): suite-%:
 	@py='$(strip $(call python_for,$*))'; venv='$(call venv_for,$*)'; \
 	version=$$([ -n "$$py" ] && "$$py" -c 'import platform; print(platform.python_version())' 2>/dev/null); \
@@ -84,10 +86,12 @@ $(SUITES): suite-%:
 		exit 0; \
 	fi; \
 	mkdir -p $$venv; set -o pipefail; failed=0; \
+	skip_slow=1; [ $* != $(PY_VERSION) ] || skip_slow=0; \
 	for build in pure compiled; do \
 		target=pytest; [ $$build = pure ] || target=pytest-compiled; \
 		echo "== Python $$version ($$py), $$build build, in $$venv"; start=$$SECONDS; \
-		$(MAKE) --no-print-directory VENV=$$venv PY="$$py" $$target 2>&1 | tee $$venv/test-$$build.log \
+		INORDER_SKIP_SLOW=$$skip_slow $(MAKE) --no-print-directory VENV=$$venv PY="$$py" $$target 2>&1 \
+			| tee $$venv/test-$$build.log \
 			&& outcome=passed || { outcome=FAILED; failed=1; }; \
 		tally=$$(grep -E '^(=+ )?[0-9]+ [a-z]+.* in [0-9.]+s' $$venv/test-$$build.log | tail -n 1 | sed -E 's/^=+ | =+$$//g'); \
 		printf '%-8s %-9s %-7s %s [%ss in all]\n' $$version $$build $$outcome \

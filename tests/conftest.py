@@ -35,12 +35,33 @@ settings.register_profile("thorough", parent=settings.get_profile("default"), ma
 settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "default"))
 
 
-def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    """Every async test fails on any error the loop reports (asyncpg's _testbase habit)."""
+#: The few files of real-process chaos, crash, demo and benchmark runs: marked `slow`.
+#: `make test` runs them on the first Python (both builds) and leaves them out on the
+#: others (INORDER_SKIP_SLOW=1), whose suites are there for what differs between
+#: versions (the language, the event loop, sqlite3), not for minutes of process kills.
+SLOW_FILES = frozenset(
+    {"test_cluster_chaos.py", "test_durable_crash.py", "test_demo_cluster.py", "test_benchmarks.py"}
+)
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Every async test fails on any error the loop reports (asyncpg's _testbase habit);
+    the slow files are marked, and left out under INORDER_SKIP_SLOW=1."""
+    skip_slow = os.environ.get("INORDER_SKIP_SLOW", "") not in ("", "0")
+    kept, left_out = [], []
     for item in items:
         function = getattr(item, "obj", None)
         if function is not None and inspect.iscoroutinefunction(function):
             item.fixturenames.append("_loop_errors")  # type: ignore[attr-defined]
+        if item.path.name in SLOW_FILES:
+            item.add_marker(pytest.mark.slow)
+            if skip_slow:
+                left_out.append(item)
+                continue
+        kept.append(item)
+    if left_out:
+        config.hook.pytest_deselected(items=left_out)
+        items[:] = kept
 
 
 @pytest.fixture
