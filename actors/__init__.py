@@ -16,6 +16,7 @@ from actors import _cell
 from actors._clock import Clock, LoopClock
 from actors._codec import Codec, EnvelopeRecord
 from actors._errors import (
+    AlreadyStarted,
     BlockingOnLoop,
     CodecError,
     Dropped,
@@ -31,6 +32,7 @@ from actors._errors import (
     MailboxFull,
     RecordedError,
     RuntimeStopped,
+    StopFromHandler,
 )
 from actors._future import LoopFuture
 from actors._journal import DeadLetterRecord, Journal, PendingRecord
@@ -43,6 +45,7 @@ COMPILED: bool = not _cell.__file__.endswith(".py")
 
 __all__ = [
     "COMPILED",
+    "AlreadyStarted",
     "BlockingOnLoop",
     "Clock",
     "Codec",
@@ -69,5 +72,6 @@ __all__ = [
     "RecordedError",
     "RuntimeStopped",
     "SQLiteJournal",
+    "StopFromHandler",
     "UserActor",
 ]

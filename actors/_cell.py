@@ -98,7 +98,7 @@ class Host(ABC):
     def tell(self, key: str | int, message: Any, **options: Any) -> None: ...
 
     @abstractmethod
-    def task_started(self, task: asyncio.Task[None]) -> None: ...
+    def task_started(self, cell: Cell, task: asyncio.Task[None]) -> None: ...
 
     @abstractmethod
     def task_finished(self, task: asyncio.Task[None]) -> None: ...
@@ -293,7 +293,7 @@ class Cell(Mailbox):
         if actor is not None and actor._async_stop:
             task = self.host.loop.create_task(stop_async(self, actor, reason))
             self.task = task
-            self.host.task_started(task)
+            self.host.task_started(self, task)
             return
         if actor is not None:
             try:
@@ -349,7 +349,7 @@ class Cell(Mailbox):
         self.state = state
         task = self.host.loop.create_task(drain(self, state is STARTING))
         self.task = task
-        self.host.task_started(task)
+        self.host.task_started(self, task)
 
     def start_hook(self) -> bool:
         """A plain `on_start` (or none): run it here, no coroutine needed."""

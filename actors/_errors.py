@@ -16,6 +16,7 @@ from typing import Any
 import pykka
 
 __all__ = [
+    "AlreadyStarted",
     "BlockingOnLoop",
     "CodecError",
     "Dropped",
@@ -31,6 +32,7 @@ __all__ = [
     "MailboxFull",
     "RecordedError",
     "RuntimeStopped",
+    "StopFromHandler",
 ]
 
 
@@ -50,10 +52,15 @@ class InvalidKey(InorderError, ValueError):
 
 
 class InvalidPriority(InorderError, ValueError):
-    """Raised at the call site when a priority is not an `int` >= 0."""
+    """Raised at the call site when a priority is not an `int` >= 0.
 
-    def __init__(self, priority: Any) -> None:
-        super().__init__(f"invalid priority {priority!r}: a priority is an int >= 0")
+    Also when `interrupt=True` comes with priority 0: a handler in flight is
+    interrupted only by a higher priority, and 0 is the lowest, so that
+    interrupt could never take effect (`reason` says so).
+    """
+
+    def __init__(self, priority: Any, reason: str = "a priority is an int >= 0") -> None:
+        super().__init__(f"invalid priority {priority!r}: {reason}")
         self.priority = priority
 
 
@@ -139,6 +146,25 @@ class HandlerCrashed(InorderError):
 
 class RuntimeStopped(InorderError, RuntimeError):
     """Raised by calls on a runtime that is not running (not started yet, stopping or stopped)."""
+
+
+class AlreadyStarted(InorderError, RuntimeError):
+    """Raised by a second `start()` (or `async with`, `with`) of a runtime.
+
+    A runtime starts once: while it runs, use it; once it has stopped, create a
+    new `Runtime`. The message says which of the two it is.
+    """
+
+
+class StopFromHandler(InorderError, RuntimeError):
+    """Raised by waiting for `Runtime.stop()` inside one of that runtime's handlers or hooks.
+
+    The stop waits for every handler (and `on_stop`) of the runtime to return,
+    that one included, so the wait would wait for itself: `await rt.stop()` in
+    an async handler, `rt.stop().get()` in a blocking one. Call `rt.stop()`
+    without waiting: the stop begins all the same, and the handler's own turn
+    is part of its drain. Raised at the wait, not at `stop()`.
+    """
 
 
 class BlockingOnLoop(InorderError, RuntimeError):

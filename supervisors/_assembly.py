@@ -9,7 +9,9 @@ returns the router (`_Core`) with everything it hosts attached:
 3. the registry and supervisor actors, started on the loop;
 4. with a store, the `Durable` that journals what the router accepts and what
    ends, and actor snapshots kept in the journal; without one, snapshots kept
-   in memory.
+   in memory;
+5. unless `slow_handler` is off (or a `handler_timeout` no longer than it
+   settles every handler first), the `SlowWatch` that reports slow handlers.
 
 The runtime then adds what refers back to itself (`context_tell`, `ending`).
 """
@@ -22,6 +24,7 @@ from actors._logging import debug_enabled
 from actors._outcomes import Outcomes
 from actors._registry import RegistryActor
 from supervisors._core import _Core
+from supervisors._slow import SlowWatch
 from supervisors._snapshots import JournalSnapshots, MemorySnapshots
 from supervisors._supervisor import SupervisorActor
 
@@ -74,6 +77,10 @@ def assemble(
     core.registry._start_actor_loop()
     core.supervisor._start_actor_loop()
     core.cells = core.registry.cells
+    slow = options.slow_handler
+    timeout = policy.handler_timeout
+    if slow is not None and (timeout is None or slow < timeout):
+        core.slow = SlowWatch(core, slow)
     if durable is not None:
         core.durable = core.tracker = outcomes.journal = durable
         core.snapshots = JournalSnapshots(durable.journal, durable.codec)

@@ -14,7 +14,9 @@ What happens when:
    left behind; the daemon loop thread does not keep the process alive.
 
 Whatever ends the loop, the runtime settles what it holds before it goes
-(`Runtime._abort`), so `leave` finds a summary either way.
+(`Runtime._abort`), so `leave` finds a summary either way. A handler may call
+`rt.stop()` (not wait for it): the loop thread then ends once the stop is done,
+and `leave` finds its summary.
 """
 
 from __future__ import annotations
@@ -34,6 +36,7 @@ __all__ = ["enter", "leave"]
 
 def enter(runtime: Runtime) -> None:
     """Start `runtime` on a loop of its own, in a background thread."""
+    runtime._check_new()  # AlreadyStarted, before a thread is started for nothing
     ready = threading.Event()
     thread = threading.Thread(
         target=_serve, args=(runtime, ready), name="inorder-loop", daemon=True

@@ -9,6 +9,7 @@ to the supervisor actor.
 from __future__ import annotations
 
 import math
+import threading
 from concurrent.futures import ThreadPoolExecutor
 from typing import TYPE_CHECKING, Any
 
@@ -31,6 +32,7 @@ if TYPE_CHECKING:
     from supervisors._durable import Durable, Tracker
     from supervisors._ingress import Submission
     from supervisors._policy import Directive, RestartPolicy
+    from supervisors._slow import SlowWatch
     from supervisors._snapshots import JournalSnapshots, MemorySnapshots
     from supervisors._supervisor import SupervisorActor
 
@@ -41,6 +43,7 @@ __all__ = [
     "STOPPED",
     "check_call",
     "check_flag",
+    "check_interrupt",
     "check_key",
     "check_priority",
     "check_ttl",
@@ -75,12 +78,31 @@ def check_call(key: Any, priority: Any, interrupt: Any, clear: Any, ttl: Any) ->
         check_key(key)
     if type(priority) is not int or priority < 0:
         check_priority(priority)
-    if interrupt is not False and interrupt is not True:
-        check_flag("interrupt", interrupt)
+    if interrupt is not False:
+        if interrupt is not True:
+            check_flag("interrupt", interrupt)
+        elif priority == 0:
+            check_interrupt(priority)
     if clear is not False and clear is not True:
         check_flag("clear", clear)
     if ttl is not None:
         check_ttl(ttl)
+
+
+def check_interrupt(priority: int) -> None:
+    """Raise `InvalidPriority` for `interrupt=True` at priority 0, which never interrupts.
+
+    A handler in flight is cut short only by a higher priority (G3), and 0 is the
+    lowest: such a `/stop` would silently wait its turn behind the reply it meant
+    to stop.
+    """
+    if priority == 0:
+        reason = (
+            "with interrupt=True the priority must be above that of the handler to cut "
+            "short, and 0 is the lowest: this could never interrupt anything. Send it "
+            "with priority >= 1, e.g. tell(key, '/stop', priority=1, interrupt=True)"
+        )
+        raise InvalidPriority(priority, reason)
 
 
 def check_flag(name: str, value: Any) -> None:
@@ -97,6 +119,15 @@ def check_ttl(ttl: Any) -> None:
     if isinstance(ttl, bool) or not isinstance(ttl, int | float) or not 0 < ttl < math.inf:
         msg = f"ttl must be a number of seconds > 0 or None, got {ttl!r}"
         raise ValueError(msg)
+
+
+# Which runtime's thread pool a thread belongs to: set by the pool's initializer, before
+# the thread runs anything (the executor's own thread set is filled only after start).
+_POOL = threading.local()
+
+
+def _join_pool(core: _Core) -> None:
+    _POOL.core = core
 
 
 class _Core(Host):
@@ -147,7 +178,10 @@ class _Core(Host):
         self.idle_stops = 0
         self.gave_up = 0
         self.actor_failures = 0
-        self.tasks: set[asyncio.Task[None]] = set()
+        # The running tasks (bursts, async on_stop) and their cells.
+        self.tasks: dict[asyncio.Task[None], Cell] = {}
+        # Reports handlers running past `slow_handler` (set by the assembly, if on).
+        self.slow: SlowWatch | None = None
         self._activation_batch: list[Cell] | None = None
         self._idle_waiters: list[asyncio.Future[None]] = []
         # Set by the runtime right after construction (they need the core first).
@@ -381,21 +415,35 @@ class _Core(Host):
     def executor(self) -> ThreadPoolExecutor:
         if self._executor is None:
             self._executor = ThreadPoolExecutor(
-                max_workers=self._max_workers, thread_name_prefix="inorder-blocking"
+                max_workers=self._max_workers,
+                thread_name_prefix="inorder-blocking",
+                initializer=_join_pool,
+                initargs=(self,),
             )
         return self._executor
+
+    def on_pool_thread(self) -> bool:
+        """Whether the calling thread is one of this runtime's pool threads (blocking handlers)."""
+        return getattr(_POOL, "core", None) is self
 
     def shutdown_executor(self) -> None:
         if self._executor is not None:
             self._executor.shutdown(wait=False, cancel_futures=True)
 
-    def task_started(self, task: asyncio.Task[None]) -> None:
-        self.tasks.add(task)
+    def task_started(self, cell: Cell, task: asyncio.Task[None]) -> None:
+        tasks = self.tasks
+        if not tasks and self.slow is not None:
+            self.slow.busy()  # one timer per busy period, never one per message
+        tasks[task] = cell
 
     def task_finished(self, task: asyncio.Task[None]) -> None:
-        self.tasks.discard(task)
-        if self._idle_waiters and not self.tasks:
-            self.notify()
+        tasks = self.tasks
+        tasks.pop(task, None)
+        if not tasks:
+            if self.slow is not None:
+                self.slow.quiet()
+            if self._idle_waiters:
+                self.notify()
 
     def request_activation(self, cell: Cell) -> None:
         # One Activate message per loop turn carries every key activated in that turn.

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, final
 
@@ -29,6 +30,7 @@ class RuntimeOptions:
     max_workers: int | None
     batch: int
     max_deliveries: int = 5
+    slow_handler: float | None = 60.0
 
     def __post_init__(self) -> None:
         factory: Any = self.actor_factory
@@ -55,6 +57,12 @@ class RuntimeOptions:
             isinstance(idle, bool) or not isinstance(idle, int | float) or not idle > 0
         ):
             msg = f"idle_timeout must be a number > 0 or None, got {idle!r}"
+            raise ValueError(msg)
+        slow = self.slow_handler
+        if slow is not None and (
+            isinstance(slow, bool) or not isinstance(slow, int | float) or not 0 < slow < math.inf
+        ):
+            msg = f"slow_handler must be a number of seconds > 0 or None, got {slow!r}"
             raise ValueError(msg)
         if self.restart is not None and not isinstance(self.restart, RestartPolicy):
             msg = f"restart must be a RestartPolicy, got {self.restart!r}"

@@ -22,7 +22,13 @@ What happens when, for `async with Runtime(Bot) as rt:`:
    `timeout + SHUTDOWN_GRACE` (supervisors/_shutdown.py).
 4. If the loop ends without `stop()` (`asyncio.run` returned), asyncio
    cancels the runtime's watch task, and the runtime settles every message
-   it holds before the loop goes (`_abort`).
+   it holds before the loop goes (`_abort`); the same if the loop ends while
+   a stop is still under way.
+
+There is one stop per runtime, shared by every `stop()` call: each call gets a
+future of its own (`StopFuture`), resolved from that one stop, so a caller that
+gives up its wait (a cancelled task, `asyncio.wait_for`) cancels only its wait.
+A handler may call `stop()` (an admin `/shutdown`), but not wait for it there.
 """
 
 from __future__ import annotations
@@ -33,7 +39,7 @@ import time
 from typing import TYPE_CHECKING, Any, Self, TypeVar, final
 
 from actors._clock import LoopClock
-from actors._errors import RuntimeStopped
+from actors._errors import AlreadyStarted, RuntimeStopped
 from actors._future import LoopFuture
 from actors._logging import check_level, library_logger
 from supervisors import _background
@@ -52,7 +58,7 @@ from supervisors._messaging import Messaging, not_started
 from supervisors._options import RuntimeOptions
 from supervisors._policy import Directive, RestartPolicy
 from supervisors._quiescence import wait_idle
-from supervisors._shutdown import ShutdownSummary, abort, shutdown
+from supervisors._shutdown import ShutdownSummary, StopFuture, abort, shutdown
 from supervisors._stats import stats_of
 from supervisors._store import check_cluster, check_store, open_store
 
@@ -108,6 +114,9 @@ class Runtime(Messaging):
             the cluster), with the application's types registered (default: plain values).
         cluster: a `RedisCluster`: this runtime is one node of several on Redis (README,
             "Scaling out"); every message goes through the key's shard stream.
+        slow_handler: seconds after which a handler still running is logged (WARNING
+            `handler_slow`, once per message) and shown first in `stats()["running_by_key"]`;
+            `None` turns the log off. No effect with a `handler_timeout` that is not longer.
     """
 
     def __init__(
@@ -130,6 +139,7 @@ class Runtime(Messaging):
         store: Journal | str | os.PathLike[str] | None = None,
         codec: Codec | None = None,
         cluster: RedisCluster | None = None,
+        slow_handler: float | None = 60.0,
     ) -> None:
         self._options = RuntimeOptions(
             actor_factory,
@@ -142,6 +152,7 @@ class Runtime(Messaging):
             max_workers=max_workers,
             batch=batch,
             max_deliveries=max_deliveries,
+            slow_handler=slow_handler,
         )
         self._policy = restart if restart is not None else RestartPolicy()
         self._on_escalate = on_escalate or _stop_on_escalate
@@ -154,7 +165,8 @@ class Runtime(Messaging):
         self._loop: asyncio.AbstractEventLoop | None = None
         self._loop_thread = 0
         self._state = "new"  # new -> running -> stopping -> stopped
-        self._stop_future: LoopFuture[ShutdownSummary] | None = None
+        self._stop_future: LoopFuture[ShutdownSummary] | None = None  # the one shared stop
+        self._stop_lock = threading.Lock()  # stop() may race from several threads
         self._thread: threading.Thread | None = None
         self._thread_error: BaseException | None = None
         self._done: asyncio.Event | None = None
@@ -171,10 +183,13 @@ class Runtime(Messaging):
     # -- lifecycle --------------------------------------------------------------------
 
     async def start(self) -> Self:
-        """Start on the running loop. Raises `RuntimeStopped` if already started once."""
-        if self._state != "new":
-            msg = f"this runtime is {self._state}; a runtime starts once"
-            raise RuntimeStopped(msg)
+        """Start on the running loop.
+
+        Raises:
+            AlreadyStarted: this runtime was started before (it runs, or it has
+                stopped: a runtime starts once).
+        """
+        self._check_new()
         loop = asyncio.get_running_loop()
         clock = self._clock if self._clock is not None else LoopClock(loop)
         log = library_logger(self._log_level)
@@ -225,6 +240,18 @@ class Runtime(Messaging):
         log.info("runtime_started", max_pending=opts.max_pending, idle_timeout=opts.idle_timeout)
         return self
 
+    def _check_new(self) -> None:
+        state = self._state
+        if state == "new":
+            return
+        if state == "running":
+            msg = "this runtime is already running: a runtime starts once"
+        else:
+            msg = (
+                f"this runtime is {state}: a runtime starts once; create a new Runtime to run again"
+            )
+        raise AlreadyStarted(msg)
+
     async def __aenter__(self) -> Self:
         return await self.start()
 
@@ -241,8 +268,20 @@ class Runtime(Messaging):
 
         Await it on the loop, or `.get(timeout=...)` it from another thread. The
         summary arrives within `timeout` plus `SHUTDOWN_GRACE` (1 s) seconds.
-        Idempotent: later calls return the same future (their options are
-        ignored). With `drain=False`, waiting messages are dropped at once.
+        With `drain=False`, waiting messages are dropped at once.
+
+        Idempotent: the first call begins the one stop, later calls' options
+        are ignored, and every call's future gets the same summary. Each call
+        has a future of its own: a caller that stops waiting (its task
+        cancelled, `asyncio.wait_for` timing out) cancels only its own wait;
+        the stop goes on, and a later `stop()` waits for it again.
+
+        A handler may call it (an admin `/shutdown`): the stop begins, and the
+        handler's own turn is part of the drain. It must not wait for it there:
+        the stop waits for that very handler, so `await rt.stop()` in a handler
+        or hook of this runtime (or `.get()` in a blocking one) raises
+        `StopFromHandler` at once. Hand the future to a task of its own if
+        something must happen after the stop.
         """
         check_flag("drain", drain)
         if isinstance(timeout, bool) or not isinstance(timeout, int | float) or not timeout >= 0:
@@ -251,18 +290,42 @@ class Runtime(Messaging):
         if self._state == "new":
             msg = "this runtime was never started"
             raise RuntimeStopped(msg)
-        if self._stop_future is None:
-            loop: asyncio.AbstractEventLoop = self._loop  # type: ignore[assignment]
-            future: LoopFuture[ShutdownSummary] = LoopFuture(loop)
-            self._stop_future = future
-            if threading.get_ident() == self._loop_thread:
-                self._begin_stop(future, drain, timeout)
+        loop: asyncio.AbstractEventLoop = self._loop  # type: ignore[assignment]
+        on_loop = threading.get_ident() == self._loop_thread
+        with self._stop_lock:
+            shared = self._stop_future
+            first = shared is None
+            if shared is None:
+                shared = self._stop_future = LoopFuture(loop)
+        if first:
+            if on_loop:
+                self._begin_stop(shared, drain, timeout)
             else:
                 try:
-                    loop.call_soon_threadsafe(self._begin_stop, future, drain, timeout)
+                    loop.call_soon_threadsafe(self._begin_stop, shared, drain, timeout)
                 except RuntimeError:  # the loop closed without cancelling our watch
                     self._abort()
-        return self._stop_future
+        if shared.done():
+            return shared  # resolved: nothing left to wait for, nor to cancel
+        mine = StopFuture(loop, self._core)
+
+        def relay(stopped: LoopFuture[ShutdownSummary]) -> None:
+            try:
+                summary = stopped.get()
+            except BaseException as exc:
+                mine.set_exception(exc)
+            else:
+                mine.set(summary)
+
+        if on_loop:
+            shared.add_done_callback(relay)
+        else:
+            try:
+                loop.call_soon_threadsafe(shared.add_done_callback, relay)
+            except RuntimeError:  # the loop closed: settled here (or already)
+                self._abort()
+                return shared
+        return mine
 
     def _begin_stop(self, future: LoopFuture[ShutdownSummary], drain: bool, timeout: float) -> None:
         if self._state != "running":
@@ -271,8 +334,16 @@ class Runtime(Messaging):
         core: _Core = self._core  # type: ignore[assignment]
         core.accepting = False
         core.phase = DRAINING if drain else CLOSING
-        task = core.loop.create_task(self._shutdown(drain, timeout))
-        task.add_done_callback(lambda t: _resolve(future, t))
+        # A task of its own: no caller's cancellation reaches it.
+        task = core.loop.create_task(self._shutdown(drain, timeout), name="inorder-stop")
+        task.add_done_callback(lambda t: self._stop_done(future, t))
+
+    def _stop_done(self, future: LoopFuture[ShutdownSummary], task: asyncio.Task[Any]) -> None:
+        if task.cancelled():
+            # Cancelled before it even ran (else `_shutdown` settled it already): the
+            # loop is going; settle at once, so the waiters get a summary.
+            self._abort()
+        _resolve(future, task)
 
     def _join(self, node: ClusterNode, core: _Core) -> None:
         """Cluster mode: run this node, and send every message through Redis."""
@@ -294,6 +365,12 @@ class Runtime(Messaging):
                 await self._node.stop(timeout if drain else 0.0)
                 timeout = max(0.0, timeout - (time.monotonic() - started))
             return await shutdown(core, ingress, drain=drain, timeout=timeout, started=started)
+        except asyncio.CancelledError:
+            # The loop is being torn down under the stop (asyncio.run returning, every task
+            # cancelled): settle everything at once, as for a loop that ends without stop(),
+            # so the callers' futures get a summary rather than this cancellation.
+            self._abort()
+            raise
         finally:
             if self._durable is not None:
                 self._durable.close()  # commits what is queued: at most a few milliseconds
@@ -324,8 +401,9 @@ class Runtime(Messaging):
         summary = abort(core, self._ingress)  # type: ignore[arg-type]
         if self._durable is not None:
             self._durable.close()
-        if self._stop_future is None:
-            self._stop_future = LoopFuture(self._loop)
+        with self._stop_lock:
+            if self._stop_future is None:
+                self._stop_future = LoopFuture(self._loop)
         self._stop_future.set(summary)
         if self._done is not None:
             self._done.set()

@@ -31,17 +31,21 @@ from __future__ import annotations
 import asyncio
 import time
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, final
+from typing import TYPE_CHECKING, Any, final
 
 from actors._cell import STOPPING
+from actors._errors import StopFromHandler
+from actors._future import LoopFuture
 from supervisors._core import CLOSING, STOPPED
 from supervisors._quiescence import wait_idle
 
 if TYPE_CHECKING:
+    from collections.abc import Generator
+
     from supervisors._core import _Core
     from supervisors._ingress import Ingress
 
-__all__ = ["SHUTDOWN_GRACE", "ShutdownSummary", "abort", "shutdown"]
+__all__ = ["SHUTDOWN_GRACE", "ShutdownSummary", "StopFuture", "abort", "shutdown"]
 
 #: Seconds `stop(timeout=T)` may take past `T`: for cancelled handlers and `on_stop` hooks.
 SHUTDOWN_GRACE = 1.0
@@ -66,6 +70,55 @@ class ShutdownSummary:
     failed: int
     interrupted: int
     dropped: int
+
+
+@final
+class StopFuture(LoopFuture[ShutdownSummary]):
+    """One caller's wait for the shared stop: `Runtime.stop()` returns one per call.
+
+    Each is resolved from the one shutdown, so a caller that gives up (a
+    cancelled task, `asyncio.wait_for` timing out) cancels its own wait, never
+    the shutdown nor anyone else's wait.
+
+    Waiting for it (`await`, `get()`) inside a handler or hook of the same
+    runtime raises `StopFromHandler` at once: the shutdown waits for that very
+    handler to return, so the wait could only end when the shutdown gives up on
+    the handler. `stop()` itself, without the wait, is fine there.
+    """
+
+    __slots__ = ("_core",)
+
+    def __init__(self, loop: asyncio.AbstractEventLoop | None = None, core: Any = None) -> None:
+        super().__init__(loop)
+        self._core: _Core | None = core
+
+    def __await__(self) -> Generator[Any, None, ShutdownSummary]:
+        if not self.done():
+            self._refuse_waiting_for_itself()
+        return (yield from super().__await__())
+
+    __iter__ = __await__
+
+    def get(self, *, timeout: float | None = None) -> ShutdownSummary:
+        if not self.done():
+            self._refuse_waiting_for_itself()
+        return super().get(timeout=timeout)
+
+    def _refuse_waiting_for_itself(self) -> None:
+        core = self._core
+        if core is None:
+            return
+        try:
+            task = asyncio.current_task()
+        except RuntimeError:  # no loop running in this thread
+            task = None
+        if (task is not None and task in core.tasks) or core.on_pool_thread():
+            msg = (
+                "a handler (or on_start/on_stop) cannot wait for its runtime's stop: the "
+                "stop waits for that handler to return. Call rt.stop() without awaiting "
+                "it (or .get()): the stop begins, and this handler's turn is part of it"
+            )
+            raise StopFromHandler(msg)
 
 
 async def shutdown(
@@ -156,6 +209,8 @@ def _close(core: _Core, refusal: str) -> None:
     core.phase = STOPPED
     core.accepting = False
     core.refusal = refusal
+    if core.slow is not None:
+        core.slow.close()
     core.supervisor.actor_ref.stop(block=False)
     core.registry.actor_ref.stop(block=False)
     core.shutdown_executor()

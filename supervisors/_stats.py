@@ -43,23 +43,31 @@ def stats_of(core: _Core | None, state: str, durable: Durable | None = None) -> 
 
     With a durable store, `journal` holds the journal's counters; `replayed`
     counts the messages replayed from it at start (0 without a store).
+    `running_by_key` maps the keys of the 20 handlers that have run longest
+    (in flight, or overrunning a timeout) to their running time in seconds,
+    longest first: where a stuck handler shows.
     """
     if core is None:
         zeros: dict[str, Any] = dict.fromkeys(_COUNTS, 0)
         wait_ms = {"count": 0, "p50": 0.0, "p90": 0.0, "p99": 0.0, "max": 0.0}
-        zeros.update(state=state, pending_by_key={}, wait_ms=wait_ms, run_ms=dict(wait_ms))
+        zeros.update(
+            state=state, pending_by_key={}, running_by_key={}, wait_ms=wait_ms, run_ms=dict(wait_ms)
+        )
         return zeros
     out = core.outcomes
     cells = core.cells.values()
     wait_ms, run_ms = out.latency.summary()
     # By depth only: str and int keys do not compare.
     deepest = heapq.nlargest(20, (c for c in cells if len(c.mailbox)), key=_depth)
+    running = heapq.nsmallest(20, (c for c in cells if _running(c)), key=_start)
+    now = core.now()
     return {
         "state": state,
         "live_actors": core.live,
         "known_keys": len(core.cells),
         "pending": core.pending + core.ingress_size(),
         "pending_by_key": {c.key: len(c.mailbox) for c in deepest},
+        "running_by_key": {c.key: round(now - c._started, 3) for c in running},
         "in_flight": sum(1 for c in cells if c.current is not None),
         "overrunning": sum(1 for c in cells if c.late is not None),
         "accepted": core.accepted,
@@ -82,3 +90,11 @@ def stats_of(core: _Core | None, state: str, durable: Durable | None = None) -> 
 
 def _depth(cell: Cell) -> int:
     return len(cell.mailbox)
+
+
+def _running(cell: Cell) -> bool:
+    return cell.current is not None or cell.late is not None
+
+
+def _start(cell: Cell) -> float:
+    return cell._started

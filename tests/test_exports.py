@@ -25,11 +25,13 @@ def test_all_is_sorted_and_resolves(name: str) -> None:
 def test_contract_names() -> None:
     """The names acceptance tests import exist where the contract puts them."""
     from actors import (  # noqa: F401
+        AlreadyStarted,
         Context,
         Dropped,
         Interrupted,
         MailboxFull,
         RuntimeStopped,
+        StopFromHandler,
         UserActor,
     )
     from supervisors import RestartPolicy, Runtime  # noqa: F401
@@ -42,7 +44,7 @@ def test_one_error_hierarchy() -> None:
     for name in ("Dropped", "Interrupted", "MailboxFull", "RuntimeStopped", "InvalidKey",
                  "InvalidPriority", "HandlerTimeout", "BlockingOnLoop", "HandlerCrashed",
                  "FutureTimeout", "CodecError", "JournalError", "JournalClosed",
-                 "RecordedError"):
+                 "RecordedError", "AlreadyStarted", "StopFromHandler"):
         assert issubclass(getattr(actors, name), actors.InorderError)
     assert issubclass(actors.InvalidKey, ValueError)
     assert issubclass(actors.HandlerTimeout, TimeoutError)
@@ -50,6 +52,10 @@ def test_one_error_hierarchy() -> None:
     assert issubclass(actors.CodecError, ValueError)
     assert issubclass(actors.JournalClosed, actors.JournalError)
     assert issubclass(actors.JournalClosed, RuntimeError)
+    for name in ("RuntimeStopped", "AlreadyStarted", "StopFromHandler", "BlockingOnLoop"):
+        assert issubclass(getattr(actors, name), RuntimeError)
+    # A second start is misuse, not a call on a stopped runtime: a class of its own.
+    assert not issubclass(actors.AlreadyStarted, actors.RuntimeStopped)
 
 
 def test_every_exported_error_is_defined_in_one_module() -> None:

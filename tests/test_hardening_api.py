@@ -533,7 +533,7 @@ async def test_interrupt_and_clear_must_be_bools(option: str, value: Any) -> Non
             error = await asyncio.to_thread(raised_by, call, "k", "x", **{option: value})
             assert isinstance(error, TypeError)
         assert rt.stats()["accepted"] == 0
-        assert await rt.ask("k", "ok", **{option: True}) == "ok"
+        assert await rt.ask("k", "ok", priority=1, **{option: True}) == "ok"
 
 
 async def test_stats_before_start_has_every_key_with_zeros() -> None:

@@ -146,10 +146,10 @@ async def test_interrupt_not_above_in_flight_priority_does_not_cancel() -> None:
     script = Script()
     release = script.gate("work")
     async with runtime(script) as rt:
-        working = rt.ask(KEY, "work", priority=1)
+        working = rt.ask(KEY, "work", priority=2)
         await script.entered("work").wait()
-        same = rt.ask(KEY, "same", priority=1, interrupt=True)
-        lower = rt.ask(KEY, "lower", priority=0, interrupt=True)
+        same = rt.ask(KEY, "same", priority=2, interrupt=True)
+        lower = rt.ask(KEY, "lower", priority=1, interrupt=True)
         await asyncio.sleep(0)  # give a (wrong) cancellation every chance to land
         assert not working.done()
         release.set()

@@ -127,13 +127,16 @@ def scenarios(
                 ops.append(Advance(draw(st.sampled_from([0.0, 0.5, 1.0, 2.5]))))
                 continue
             ask = draw(st.integers(0, 3)) > 0
+            key = draw(st.sampled_from(keys))
+            priority = draw(st.integers(0, 2))
             ops.append(
                 Msg(
                     mid=mid,
                     producer=index,
-                    key=draw(st.sampled_from(keys)),
-                    priority=draw(st.integers(0, 2)),
-                    interrupt=draw(st.integers(0, 3)) == 3,
+                    key=key,
+                    priority=priority,
+                    # At priority 0 it could never interrupt: the runtime refuses it.
+                    interrupt=draw(st.integers(0, 3)) == 3 and priority > 0,
                     clear=draw(st.integers(0, 5)) == 5,
                     ask=ask,
                     wait=waits and ask and draw(st.integers(0, 3)) == 3,

@@ -10,6 +10,7 @@ from typing import Any
 import pytest
 
 from actors import (
+    AlreadyStarted,
     Context,
     Dropped,
     Interrupted,
@@ -289,7 +290,8 @@ class TestBadInput:
             Runtime("Recorder")  # type: ignore[arg-type]
 
     async def test_calls_on_a_stopped_runtime_raise(self) -> None:
-        """G9: tell/ask after stop raise RuntimeStopped; stop is idempotent."""
+        """G9: tell/ask after stop raise RuntimeStopped; stop is idempotent; a second start
+        raises AlreadyStarted."""
         rt = Runtime(Recorder)
         with pytest.raises(RuntimeStopped):
             rt.tell("k", 1)
@@ -302,7 +304,7 @@ class TestBadInput:
             rt.tell("k", 1)
         with pytest.raises(RuntimeStopped):
             rt.ask("k", 1)
-        with pytest.raises(RuntimeStopped):
+        with pytest.raises(AlreadyStarted, match="is stopped: a runtime starts once"):
             await rt.start()
 
     async def test_factory_returning_a_non_actor_is_a_failure_not_a_crash(self) -> None:

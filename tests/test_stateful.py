@@ -562,6 +562,7 @@ class RuntimeMachine(RuleBasedStateMachine):
             if self.world.stopping:
                 self._refused(key, kind, priority, ask)
                 continue
+            interrupt = interrupt and priority > 0  # at 0 it never interrupts: refused
             n = next(self.world.numbers)
             msg = Msg(n, key, kind, priority)
             self.world.msgs[n] = msg  # before the call: a drop is reported during it
