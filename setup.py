@@ -41,8 +41,11 @@ from setuptools.command.build_ext import build_ext
 
 COMPILED = [
     "actors/_mailbox.py",
+    "actors/_host.py",
+    "actors/_turn.py",
     "actors/_cell.py",
     "actors/_latency.py",
+    "supervisors/_checks.py",
     "supervisors/_core.py",
 ]
 

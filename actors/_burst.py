@@ -11,6 +11,10 @@ Only the awaiting lives here; every decision around it is a plain method of
 cancellation of a handler (interrupt, timeout, shutdown) is delivered into
 these coroutines, and CPython's own coroutines are the ones whose exception
 handling across `await` is beyond doubt.
+
+`Cell` is named here as a type only: the cell starts its burst with this
+module's `drain`, and the turn reads the constants below. A deliberate circle
+of one concept (the cell) split in two for the compiler, not two rooms.
 """
 
 from __future__ import annotations

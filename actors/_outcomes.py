@@ -61,7 +61,7 @@ class DeadLetter:
 
 
 class JournalHook(Protocol):
-    """What outcomes tell the durable store (`supervisors._durable.Durable`)."""
+    """What outcomes tell the durable store (`supervisors.durable._journaling.Durable`)."""
 
     def ack(self, envelope: Envelope) -> None:
         """The journaled message got its outcome and is not kept."""

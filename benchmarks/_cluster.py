@@ -484,7 +484,7 @@ async def started(
 
 def _assigned(children: list[Child], shards: int) -> bool:
     """Every node owns exactly its rendezvous share of the shards."""
-    from supervisors._shards import owner_of
+    from supervisors.cluster._shards import owner_of
 
     if not all(c.status.get("node") for c in children):
         return False

@@ -53,7 +53,7 @@ import actors
 from actors import Context, UserActor
 from examples.chat_backend import PROMPTS, table
 from supervisors import RedisCluster, RestartPolicy, Runtime
-from supervisors._shards import owner_of, shard_of
+from supervisors.cluster._shards import owner_of, shard_of
 from supervisors.testing import EmbeddedRedis
 
 if TYPE_CHECKING:

@@ -25,8 +25,9 @@ from actors._outcomes import Outcomes
 from actors._registry import RegistryActor
 from supervisors._core import _Core
 from supervisors._slow import SlowWatch
-from supervisors._snapshots import JournalSnapshots, MemorySnapshots
+from supervisors._snapshots import MemorySnapshots
 from supervisors._supervisor import SupervisorActor
+from supervisors.durable._snapshots import JournalSnapshots
 
 if TYPE_CHECKING:
     import asyncio
@@ -35,9 +36,9 @@ if TYPE_CHECKING:
 
     from actors._clock import Clock
     from actors._outcomes import DeadLetter
-    from supervisors._durable import Durable
     from supervisors._options import RuntimeOptions
     from supervisors._policy import Directive, RestartPolicy
+    from supervisors.durable._journaling import Durable
 
 __all__ = ["assemble"]
 

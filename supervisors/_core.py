@@ -4,18 +4,27 @@
 without any actor round trip (DESIGN.md §2), counts what the stats report,
 tracks the tasks that are running, and forwards the cells' lifecycle notices
 to the supervisor actor.
+
+Its parts are modules of their own, each given the router it serves: the
+thread-safe ingress (supervisors/_ingress.py), the supervisor actor
+(supervisors/_supervisor.py) and the slow-handler watch (supervisors/_slow.py).
+They name `_Core` as a type only, and this module imports them (the supervisor's
+messages at run time, the others as types): a deliberate circle, kept because
+the router and its parts are one thing read in four files, and the type checker
+then follows every call between them. Nothing here names a mode: what the router
+asks of the durable and cluster modes is in supervisors/_modes.py.
 """
 
 from __future__ import annotations
 
-import math
 import threading
 from concurrent.futures import ThreadPoolExecutor
 from typing import TYPE_CHECKING, Any
 
 from actors._cell import PARKED, SUSPENDED, Host
-from actors._errors import InvalidKey, InvalidPriority, MailboxFull, RuntimeStopped
+from actors._errors import MailboxFull, RuntimeStopped
 from actors._mailbox import Envelope
+from supervisors._checks import check_call
 from supervisors._snapshots import save
 from supervisors._supervisor import Activate, ChildFailed
 
@@ -29,11 +38,11 @@ if TYPE_CHECKING:
     from actors._outcomes import Outcomes
     from actors._registry import RegistryActor
     from actors._user_actor import UserActor
-    from supervisors._durable import Durable, Tracker
     from supervisors._ingress import Submission
+    from supervisors._modes import Journaling, Tracker
     from supervisors._policy import Directive, RestartPolicy
     from supervisors._slow import SlowWatch
-    from supervisors._snapshots import JournalSnapshots, MemorySnapshots
+    from supervisors._snapshots import Snapshots
     from supervisors._supervisor import SupervisorActor
 
 __all__ = [
@@ -41,12 +50,6 @@ __all__ = [
     "DRAINING",
     "RUNNING",
     "STOPPED",
-    "check_call",
-    "check_flag",
-    "check_interrupt",
-    "check_key",
-    "check_priority",
-    "check_ttl",
 ]
 
 # The runtime's phases, as the router sees them (`_Core.phase`).
@@ -54,71 +57,6 @@ RUNNING = 0  # accepts everything
 DRAINING = 1  # stop() was called: only handlers' own messages and earlier thread hand-overs
 CLOSING = 2  # the drain is over: handlers' messages are accepted and dropped ("shutdown")
 STOPPED = 3  # refuses everything
-
-
-def check_key(key: Any) -> None:
-    """Raise `InvalidKey` unless `key` is a non-empty `str` or an `int` (not `bool`)."""
-    if isinstance(key, bool) or not isinstance(key, str | int) or key == "":
-        raise InvalidKey(key)
-
-
-def check_priority(priority: Any) -> None:
-    """Raise `InvalidPriority` unless `priority` is an `int` >= 0 (not `bool`)."""
-    if isinstance(priority, bool) or not isinstance(priority, int) or priority < 0:
-        raise InvalidPriority(priority)
-
-
-def check_call(key: Any, priority: Any, interrupt: Any, clear: Any, ttl: Any) -> None:
-    """Raise the clear error for a bad argument of `tell`/`ask` (G9), nothing enqueued.
-
-    The common case costs one type check per argument; the helpers below say
-    what is wrong.
-    """
-    if (type(key) is not str and type(key) is not int) or key == "":
-        check_key(key)
-    if type(priority) is not int or priority < 0:
-        check_priority(priority)
-    if interrupt is not False:
-        if interrupt is not True:
-            check_flag("interrupt", interrupt)
-        elif priority == 0:
-            check_interrupt(priority)
-    if clear is not False and clear is not True:
-        check_flag("clear", clear)
-    if ttl is not None:
-        check_ttl(ttl)
-
-
-def check_interrupt(priority: int) -> None:
-    """Raise `InvalidPriority` for `interrupt=True` at priority 0, which never interrupts.
-
-    A handler in flight is cut short only by a higher priority (G3), and 0 is the
-    lowest: such a `/stop` would silently wait its turn behind the reply it meant
-    to stop.
-    """
-    if priority == 0:
-        reason = (
-            "with interrupt=True the priority must be above that of the handler to cut "
-            "short, and 0 is the lowest: this could never interrupt anything. Send it "
-            "with priority >= 1, e.g. tell(key, '/stop', priority=1, interrupt=True)"
-        )
-        raise InvalidPriority(priority, reason)
-
-
-def check_flag(name: str, value: Any) -> None:
-    """Raise `TypeError` unless `value` is a `bool` (`interrupt="yes"` is a mistake)."""
-    if value is not True and value is not False:
-        msg = f"{name} must be a bool, got {value!r}"
-        raise TypeError(msg)
-
-
-def check_ttl(ttl: Any) -> None:
-    """Raise `ValueError` unless `ttl` is `None` or a finite number of seconds > 0."""
-    if ttl is None:
-        return
-    if isinstance(ttl, bool) or not isinstance(ttl, int | float) or not 0 < ttl < math.inf:
-        msg = f"ttl must be a number of seconds > 0 or None, got {ttl!r}"
-        raise ValueError(msg)
 
 
 # Which runtime's thread pool a thread belongs to: set by the pool's initializer, before
@@ -198,11 +136,11 @@ class _Core(Host):
         self.overruns = 0
         self.ending: Callable[[], bool] = lambda: False  # set by the runtime
         # With a durable store (set by the runtime): journals what is accepted.
-        self.durable: Durable | None = None
+        self.durable: Journaling | None = None
         # The durable store or the cluster node: told when a tracked message (seq != 0)
         # starts and when it is handled.
         self.tracker: Tracker | None = None
-        self.snapshots: MemorySnapshots | JournalSnapshots | None = None
+        self.snapshots: Snapshots | None = None
 
     def _context_tell(self, key: Any, message: Any, **options: Any) -> None:
         self.handler_tell(

@@ -20,6 +20,11 @@ every later submission; one racing it is either taken back (the caller gets
 This is also the seam for entries that come from elsewhere (a Redis stream
 read by the node that owns the key): anything that can call `submit` from any
 thread feeds the same per-key mailboxes.
+
+`_Core` is named here as a type only (under TYPE_CHECKING): this module is a
+part of the router and is given the router it serves, which imports it in turn.
+A deliberate circle inside the core room, for the type checker alone; at run
+time the import goes one way (supervisors/_core.py explains).
 """
 
 from __future__ import annotations

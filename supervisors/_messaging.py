@@ -1,14 +1,15 @@
 """How messages get into a runtime: `tell`, `ask`, `send`, and a handler's `ctx.tell`.
 
 `Messaging` is the part of `Runtime` that takes messages (a mixin: the facade's
-other parts are in supervisors/_runtime.py). Which way a message goes:
+other parts: supervisors/_introspection.py, supervisors/_runtime.py). Which way a
+message goes:
 
 * on the loop thread, to the router at once (`_accept`: `_Core.accept`, which
   checks, encodes with a store, and enqueues);
 * from another thread, checked (and encoded) at its call site, its room
   reserved, then handed to the loop in batches (`_submit`, supervisors/_ingress.py);
 * in cluster mode, to Redis: `_accept` is then the cluster port's
-  (supervisors/_cluster_port.py), and so is every other path.
+  (supervisors/cluster/_port.py), and so is every other path.
 """
 
 from __future__ import annotations
@@ -20,16 +21,16 @@ from typing import TYPE_CHECKING, Any
 
 from actors._errors import RuntimeStopped
 from actors._future import LoopFuture
-from supervisors._cluster_port import check_msg_id
-from supervisors._core import check_call
+from supervisors._checks import check_call
+from supervisors.cluster._port import check_msg_id
 
 if TYPE_CHECKING:
     from collections.abc import Callable
 
-    from supervisors._cluster_port import ClusterPort
     from supervisors._core import _Core
-    from supervisors._durable import Durable
     from supervisors._ingress import Ingress
+    from supervisors.cluster._port import ClusterPort
+    from supervisors.durable._journaling import Durable
 
 __all__ = ["Messaging", "not_started"]
 

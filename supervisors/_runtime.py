@@ -10,7 +10,7 @@ What happens when, for `async with Runtime(Bot) as rt:`:
    one, then the outcome book, the core (router), the registry actor and the
    supervisor actor are created (supervisors/_assembly.py); with a store, its
    dead letters are restored and its pending messages replayed, before anything
-   new is accepted (supervisors/_durable.py).
+   new is accepted (supervisors/durable/_journaling.py).
 2. `rt.tell(key, msg)` on the loop thread goes straight to the router; from
    another thread it is validated and its room reserved at the call site,
    then handed to the loop through the batched ingress.
@@ -36,31 +36,26 @@ from __future__ import annotations
 import asyncio
 import threading
 import time
-from typing import TYPE_CHECKING, Any, Self, TypeVar, final
+from typing import TYPE_CHECKING, Any, Self, final
 
 from actors._clock import LoopClock
 from actors._errors import AlreadyStarted, RuntimeStopped
 from actors._future import LoopFuture
 from actors._logging import check_level, library_logger
-from supervisors import _background
 from supervisors._assembly import assemble
-from supervisors._cluster_node import ClusterNode
-from supervisors._cluster_port import ClusterPort
-from supervisors._core import (
-    CLOSING,
-    DRAINING,
-    _Core,
-    check_flag,
-    check_key,
-)
+from supervisors._background import LoopThread
+from supervisors._checks import check_flag
+from supervisors._core import CLOSING, DRAINING, _Core
 from supervisors._ingress import Ingress
-from supervisors._messaging import Messaging, not_started
+from supervisors._introspection import Introspection
+from supervisors._messaging import not_started
 from supervisors._options import RuntimeOptions
 from supervisors._policy import Directive, RestartPolicy
-from supervisors._quiescence import wait_idle
 from supervisors._shutdown import ShutdownSummary, StopFuture, abort, shutdown
-from supervisors._stats import stats_of
-from supervisors._store import check_cluster, check_store, open_store
+from supervisors.cluster._node import ClusterNode
+from supervisors.cluster._options import check_cluster
+from supervisors.cluster._port import ClusterPort
+from supervisors.durable._store import check_store, open_store
 
 if TYPE_CHECKING:
     import os
@@ -68,16 +63,14 @@ if TYPE_CHECKING:
     from types import TracebackType
 
     from actors._clock import Clock
-    from actors._codec import Codec
-    from actors._journal import Journal
     from actors._outcomes import DeadLetter
     from actors._user_actor import UserActor
-    from supervisors._cluster import RedisCluster
-    from supervisors._durable import Durable
+    from actors.journal._codec import Codec
+    from actors.journal._seam import Journal
+    from supervisors.cluster._options import RedisCluster
+    from supervisors.durable._journaling import Durable
 
 __all__ = ["Runtime", "ShutdownSummary"]
-
-_T = TypeVar("_T")
 
 
 def _stop_on_escalate(_: BaseException) -> Directive:
@@ -85,7 +78,7 @@ def _stop_on_escalate(_: BaseException) -> Directive:
 
 
 @final
-class Runtime(Messaging):
+class Runtime(Introspection):
     """Per-user mailbox actors on one asyncio loop.
 
     Args:
@@ -167,8 +160,7 @@ class Runtime(Messaging):
         self._state = "new"  # new -> running -> stopping -> stopped
         self._stop_future: LoopFuture[ShutdownSummary] | None = None  # the one shared stop
         self._stop_lock = threading.Lock()  # stop() may race from several threads
-        self._thread: threading.Thread | None = None
-        self._thread_error: BaseException | None = None
+        self._thread: LoopThread | None = None  # the `with` mode's
         self._done: asyncio.Event | None = None
         self._watch: asyncio.Task[None] | None = None
         self._store, self._codec = check_store(store, codec)
@@ -377,6 +369,9 @@ class Runtime(Messaging):
             self._state = "stopped"
             self._done.set()  # type: ignore[union-attr]
 
+    async def _stopped(self) -> None:
+        await self._done.wait()  # type: ignore[union-attr]
+
     async def _watch_loop(self) -> None:
         try:
             await self._done.wait()  # type: ignore[union-attr]
@@ -412,7 +407,9 @@ class Runtime(Messaging):
 
     def __enter__(self) -> Self:
         """Run the runtime's loop on a background thread (for code that is not async)."""
-        _background.enter(self)
+        self._check_new()  # AlreadyStarted, before a thread is started for nothing
+        self._thread = LoopThread(self.start, self._stopped, lambda: self.stop().get())
+        self._thread.enter()
         return self
 
     def __exit__(
@@ -422,81 +419,8 @@ class Runtime(Messaging):
         tb: TracebackType | None,
     ) -> None:
         """Stop (draining), and leave without waiting for handlers the stop abandoned."""
-        _background.leave(self)
-
-    # -- introspection -------------------------------------------------------------------------
-
-    async def wait_idle(self) -> None:
-        """Return once nothing runs and nothing is runnable (quiescence, for tests and drains)."""
-        if self._core is None:
-            return
-        await wait_idle(self._core)
-
-    def stats(self) -> dict[str, Any]:
-        """Live figures: actors, pending messages, outcome counts, restarts, latencies.
-
-        Before `start()` the same keys, with zeros.
-        """
-        return self._on_loop(self._stats)
-
-    def _stats(self) -> dict[str, Any]:
-        out = stats_of(self._core, self._state, self._durable)
-        if self._node is not None:
-            out["cluster"] = self._node.stats()
-        return out
-
-    def pending(self, key: str | int) -> int:
-        """How many messages wait for `key` (0 for an unknown key)."""
-        check_key(key)
-        core = self._core
-        cell = core.cells.get(key) if core is not None else None
-        return len(cell.mailbox) if cell is not None else 0
-
-    def dead_letters(self) -> list[DeadLetter]:
-        """The retained dead letters (failed or dropped messages), oldest first."""
-        return self._on_loop(lambda: self._core.outcomes.dead_letters() if self._core else [])
-
-    def redeliver(self, letter: DeadLetter) -> LoopFuture[Any]:
-        """Send a dead letter's message to its key again and forget the record.
-
-        Returns the future of the redelivered message (as `ask` does), so the
-        caller sees how it ends this time.
-
-        Raises:
-            ValueError: the letter is not (or no longer) retained, e.g. already redelivered.
-        """
-        if not self._on_loop(lambda: self._core.outcomes.forget(letter) if self._core else False):
-            msg = f"{letter!r} is not a retained dead letter (already redelivered?)"
-            raise ValueError(msg)
-        future = self.ask(letter.key, letter.message, priority=letter.priority)
-        # After the ask (on the loop, in order): the message is journaled, or sent to
-        # Redis, before its letter goes, so a crash in between leaves a duplicate, never
-        # nothing.
-        journal_id = letter.journal_id
-        durable, node = self._durable, self._node
-        if durable is not None and isinstance(journal_id, int):
-            self._on_loop(lambda: durable.forget_dead_letters([journal_id]))
-        elif node is not None and isinstance(journal_id, str):
-            self._on_loop(lambda: node.forget_letter(journal_id))
-        return future
-
-    def _on_loop(self, fn: Callable[[], _T]) -> _T:
-        loop = self._loop
-        if loop is None or threading.get_ident() == self._loop_thread or loop.is_closed():
-            return fn()
-        future: LoopFuture[_T] = LoopFuture(loop)
-
-        def run() -> None:
-            try:
-                future.set(fn())
-            except Exception as exc:
-                future.set_exception(exc)
-
-        try:
-            loop.call_soon_threadsafe(run)
-        except RuntimeError:
-            return fn()
-        return future.get(timeout=30)
+        if self._thread is not None:
+            self._thread.leave()
 
 
 def _resolve(future: LoopFuture[ShutdownSummary], task: asyncio.Task[ShutdownSummary]) -> None:

@@ -22,6 +22,11 @@ So the check costs nothing per message: one timer per busy period and one
 pass over the running tasks every few seconds while any runs. A handler that
 started in the meantime is reported at most `min(slow_handler,
 SLOW_CHECK_INTERVAL)` seconds late.
+
+`_Core` is named here as a type only (under TYPE_CHECKING): this module is a
+part of the router and is given the router it serves, which imports it in turn.
+A deliberate circle inside the core room, for the type checker alone; at run
+time the import goes one way (supervisors/_core.py explains).
 """
 
 from __future__ import annotations

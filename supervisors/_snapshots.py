@@ -5,7 +5,8 @@ incarnations (idle, `max_active` eviction, restart, stop, shutdown); the next
 incarnation of the key gets the state through `restore(state)` before its
 `on_start`. Without a store the states stay in memory (a dict: the objects
 themselves, never copied); with a durable store they are encoded by the codec
-and saved in the journal, so they also survive a process restart.
+and saved in the journal, so they also survive a process restart
+(`JournalSnapshots`, in supervisors/durable/_snapshots.py).
 
 What a failure does: a `snapshot()` that raises, or a state the codec refuses,
 is logged (`snapshot_failed`) and the state kept before stays. A state that
@@ -15,16 +16,26 @@ no longer decodes, or a `restore` that raises, is a failure of the key (phase
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 if TYPE_CHECKING:
     from collections.abc import Callable
 
-    from actors._codec import Codec
-    from actors._journal import Journal
     from actors._user_actor import UserActor
 
-__all__ = ["JournalSnapshots", "MemorySnapshots", "save"]
+__all__ = ["MemorySnapshots", "Snapshots", "save"]
+
+
+class Snapshots(Protocol):
+    """Where states are kept: `MemorySnapshots` here, `JournalSnapshots` with a store."""
+
+    def get(self, key: str | int) -> Any:
+        """The state kept for `key`, or None."""
+        ...
+
+    def put(self, key: str | int, state: Any) -> None:
+        """Keep `state` for `key` (None forgets it)."""
+        ...
 
 
 class MemorySnapshots:
@@ -57,35 +68,7 @@ class MemorySnapshots:
         return len(self._states)
 
 
-class JournalSnapshots:
-    """States encoded by the codec and saved in the journal (group-committed)."""
-
-    __slots__ = ("_codec", "_journal")
-
-    def __init__(self, journal: Journal, codec: Codec) -> None:
-        self._journal = journal
-        self._codec = codec
-
-    def get(self, key: str | int) -> Any:
-        """The state last saved for `key` (even if not committed yet), or None.
-
-        Raises `CodecError` if it no longer decodes, `JournalError` if it cannot be read.
-        """
-        data = self._journal.load_snapshot(key)
-        return None if data is None else self._codec.loads(data)
-
-    def put(self, key: str | int, state: Any) -> None:
-        """Save `state` for `key` (None drops the saved one). Raises `CodecError` first
-        if it cannot be encoded: the state saved before then stays."""
-        if state is None:
-            self._journal.drop_snapshot(key)
-        else:
-            self._journal.save_snapshot(key, self._codec.dumps(state))
-
-
-def save(
-    store: MemorySnapshots | JournalSnapshots, key: str | int, actor: UserActor, log: Any
-) -> None:
+def save(store: Snapshots, key: str | int, actor: UserActor, log: Any) -> None:
     """Keep what `actor.snapshot()` returns; log a failure and keep the previous state."""
     try:
         store.put(key, actor.snapshot())

@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     from actors._cell import Cell
     from supervisors._core import _Core
-    from supervisors._durable import Durable
+    from supervisors.durable._journaling import Durable
 
 __all__ = ["stats_of"]
 

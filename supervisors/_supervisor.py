@@ -28,6 +28,11 @@ Failures of `on_start` follow the same steps (there is no message to retry), and
 so do failures of the actor factory ("init") and of `restore(state)` ("restore").
 A failure of `on_stop` is logged and counted; the incarnation ends anyway, and
 only an ESCALATE changes anything (the key is then stopped).
+
+`_Core` is named here as a type only (under TYPE_CHECKING): this module is a
+part of the router and is given the router it serves, which imports it in turn.
+A deliberate circle inside the core room, for the type checker alone; at run
+time the import goes one way (supervisors/_core.py explains).
 """
 
 from __future__ import annotations
@@ -160,7 +165,7 @@ class SupervisorActor(LoopActor):
             self.core.log.debug("actor_started", key=cell.key, incarnation=cell.incarnation)
 
     def _restore(self, cell: Cell, actor: UserActor) -> bool:
-        """Give a new incarnation the state its key kept (supervisors._snapshots)."""
+        """Give a new incarnation the state its key kept (supervisors.durable._snapshots)."""
         snapshots = self.core.snapshots
         if snapshots is None:
             return True

@@ -25,6 +25,7 @@ def pytest_report_header() -> str:
     kind = "compiled by mypyc" if actors.COMPILED else "pure Python"
     return f"inorder: {kind}, from {os.path.dirname(actors.__file__ or '')}"
 
+
 settings.register_profile(
     "default",
     deadline=None,  # loop scheduling on a shared 2-core machine makes deadlines flaky

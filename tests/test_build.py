@@ -192,7 +192,7 @@ def pip(bin_dir: Path, *args: str, cwd: Path, **env: str) -> subprocess.Complete
 def test_wheel_pip_install_gives_the_compiled_package(fresh_venv: Path, tmp_path: Path) -> None:
     """`pip install .` in a fresh venv compiles: the build env has no redis, and needs none.
 
-    mypyc type-checks what the compiled modules import, supervisors/_cluster_node.py
+    mypyc type-checks what the compiled modules import, supervisors/cluster/_node.py
     among them, which imports redis (an optional extra, not in the build env).
     """
     source = source_copy(tmp_path / "src")

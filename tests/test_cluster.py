@@ -131,7 +131,7 @@ async def test_two_nodes_split_the_shards_and_route_to_the_owner(redis_url: str)
 
 def settled(*nodes: Runtime, n: int = 8) -> bool:
     """Every shard owned by the node rendezvous hashing gives it, none in a handoff."""
-    from supervisors._shards import owner_of
+    from supervisors.cluster._shards import owner_of
 
     ids = [rt.stats()["cluster"]["node"] for rt in nodes]
     holder = {s: node_id for rt, node_id in zip(nodes, ids, strict=True) for s in owned(rt)}
@@ -223,7 +223,7 @@ async def test_a_dead_node_s_shards_are_taken_over_and_its_pending_replayed(redi
 
 
 def _shard(key: str) -> int:
-    from supervisors._shards import shard_of
+    from supervisors.cluster._shards import shard_of
 
     return shard_of(key, 8)
 

@@ -102,7 +102,7 @@ import pytest
 import actors
 from actors import Context, UserActor
 from supervisors import RedisCluster, Runtime
-from supervisors._shards import shard_of
+from supervisors.cluster._shards import shard_of
 from supervisors.testing import EmbeddedRedis
 
 redis = pytest.importorskip("redis")

@@ -20,7 +20,7 @@ import structlog
 
 from actors import Context, UserActor
 from supervisors import RedisCluster, Runtime
-from supervisors._backoff import Backoff
+from supervisors.cluster._backoff import Backoff
 from supervisors.testing import EmbeddedRedis
 
 pytestmark = pytest.mark.timeout(60)

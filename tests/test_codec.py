@@ -24,7 +24,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from actors import Context, UserActor
-from actors._codec import (
+from actors._errors import InorderError
+from actors.journal._codec import (
     DEFAULT_MAX_SIZE,
     ENVELOPE_VERSION,
     MAX_DEPTH,
@@ -32,7 +33,6 @@ from actors._codec import (
     CodecError,
     EnvelopeRecord,
 )
-from actors._errors import InorderError
 from supervisors import Runtime
 from tests.helpers import in_flight, settle
 

@@ -29,7 +29,8 @@ from actors import (
     SQLiteJournal,
     UserActor,
 )
-from supervisors import Directive, RestartPolicy, Runtime, _durable
+from supervisors import Directive, RestartPolicy, Runtime
+from supervisors.durable import _journaling as _durable
 from tests.helpers import in_flight, ledger_ok, settle
 
 # -- actors ----------------------------------------------------------------------------

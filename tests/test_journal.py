@@ -17,8 +17,8 @@ from pathlib import Path
 import pytest
 
 from actors._errors import InorderError, JournalClosed, JournalError
-from actors._journal import PendingRecord
-from actors._sqlite_journal import SCHEMA_VERSION, SQLiteJournal
+from actors.journal._seam import PendingRecord
+from actors.journal._sqlite import SCHEMA_VERSION, SQLiteJournal
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -382,7 +382,7 @@ def test_bad_arguments_are_refused_before_anything_is_accepted(tmp_path: Path) -
 CHILD = """
 import os, random, signal, sys
 sys.path.insert(0, sys.argv[1])
-from actors._sqlite_journal import SQLiteJournal
+from actors.journal._sqlite import SQLiteJournal
 
 path, seed, kill_after, sync = sys.argv[2], int(sys.argv[3]), int(sys.argv[4]), sys.argv[5]
 rng = random.Random(seed)

@@ -36,9 +36,16 @@ class TestEvents:
                 await rt.wait_idle()
 
         events = [e["event"] for e in logs]
-        for name in ("runtime_started", "actor_started", "message_handled", "actor_failed",
-                     "actor_restart_scheduled", "actor_restarted", "message_dead_lettered",
-                     "runtime_stopped"):
+        for name in (
+            "runtime_started",
+            "actor_started",
+            "message_handled",
+            "actor_failed",
+            "actor_restart_scheduled",
+            "actor_restarted",
+            "message_dead_lettered",
+            "runtime_stopped",
+        ):
             assert name in events, name
         handled = next(e for e in logs if e["event"] == "message_handled")
         assert handled["key"] == "telegram:1"
@@ -99,7 +106,8 @@ class TestQuietByDefault:
                 tree = ast.parse(path.read_text())
                 for node in ast.walk(tree):
                     if isinstance(node, ast.Attribute) and node.attr in (
-                        "configure", "configure_once",
+                        "configure",
+                        "configure_once",
                     ):
                         offenders.append(f"{path.name}:{node.lineno}")
 

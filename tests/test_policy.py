@@ -87,8 +87,9 @@ class TestBudget:
 
     def test_backoff_resets_after_a_quiet_period(self) -> None:
         """After `reset_after` seconds without failure, the next delay is backoff_min again."""
-        policy = RestartPolicy(backoff_min=1, backoff_max=60, jitter=0, reset_after=30,
-                               max_restarts=100, within=1000)
+        policy = RestartPolicy(
+            backoff_min=1, backoff_max=60, jitter=0, reset_after=30, max_restarts=100, within=1000
+        )
         state = RestartState()
         delays = []
         for now in (0.0, 1.0, 2.0, 40.0):

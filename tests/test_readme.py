@@ -17,7 +17,11 @@ def test_usage_example_runs_and_stop_interrupts_the_reply_in_flight() -> None:
     example = next(b for b in blocks if "asyncio.run(main())" in b)
 
     done = subprocess.run(
-        [sys.executable, "-c", example], cwd=ROOT, capture_output=True, text=True, timeout=60,
+        [sys.executable, "-c", example],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
         check=False,
     )
 

@@ -22,8 +22,6 @@ class Boom(Exception):
     """The injected failure."""
 
 
-
-
 def ledger_ok(stats: dict[str, Any]) -> bool:
     done = stats["handled"] + stats["failed"] + stats["interrupted"] + stats["dropped"]
     return stats["pending"] == 0 and stats["in_flight"] == 0 and done == stats["accepted"]
@@ -290,9 +288,7 @@ async def test_clear_during_backoff_drops_the_message_awaiting_retry(clock: Fake
                 raise Boom(message)
             return message
 
-    async with Runtime(
-        Actor, clock=clock, idle_timeout=None, restart=policy(max_retries=3)
-    ) as rt:
+    async with Runtime(Actor, clock=clock, idle_timeout=None, restart=policy(max_retries=3)) as rt:
         failing = rt.ask("k", "boom")
         await settle(rt)
         rt.tell("k", "reset", priority=1, clear=True)
@@ -324,9 +320,7 @@ async def test_clear_sent_as_the_handler_fails_still_drops_the_retry(clock: Fake
                 raise Boom(message)
             return message
 
-    async with Runtime(
-        Actor, clock=clock, idle_timeout=None, restart=policy(max_retries=3)
-    ) as rt:
+    async with Runtime(Actor, clock=clock, idle_timeout=None, restart=policy(max_retries=3)) as rt:
         rt_box.append(rt)
         failing = rt.ask("k", "boom")
         await settle(rt)
@@ -404,9 +398,7 @@ async def test_max_active_with_failing_key_keeps_cap_and_ledger(clock: FakeClock
                 raise Boom(message)
             return message
 
-    async with Runtime(
-        Actor, clock=clock, idle_timeout=None, max_active=1, restart=policy()
-    ) as rt:
+    async with Runtime(Actor, clock=clock, idle_timeout=None, max_active=1, restart=policy()) as rt:
         rt.tell("bad", "boom")
         rt.tell("bad", "after")
         replies = [rt.ask(f"u{i}", i) for i in range(5)]

@@ -105,14 +105,23 @@ class TestBasics:
 
         class Probe(UserActor):
             def on_message(self, message: Any, ctx: Context) -> Any:
-                seen.update(key=ctx.key, priority=ctx.priority, attempt=ctx.attempt,
-                            interrupted=ctx.interrupted, log=ctx.log, me=self.key)
+                seen.update(
+                    key=ctx.key,
+                    priority=ctx.priority,
+                    attempt=ctx.attempt,
+                    interrupted=ctx.interrupted,
+                    log=ctx.log,
+                    me=self.key,
+                )
 
         async with Runtime(Probe) as rt:
             await rt.ask(7, "x", priority=3)
 
         assert (seen["key"], seen["priority"], seen["attempt"], seen["interrupted"]) == (
-            7, 3, 1, False,
+            7,
+            3,
+            1,
+            False,
         )
         assert seen["me"] == 7
         assert seen["log"]._context == {"key": 7}
@@ -267,8 +276,15 @@ class TestBadInput:
 
     @pytest.mark.parametrize(
         ("option", "value"),
-        [("max_pending", 0), ("max_pending", 1.5), ("idle_timeout", 0), ("idle_timeout", -1),
-         ("max_active", 0), ("batch", 0), ("max_total_pending", -5)],
+        [
+            ("max_pending", 0),
+            ("max_pending", 1.5),
+            ("idle_timeout", 0),
+            ("idle_timeout", -1),
+            ("max_active", 0),
+            ("batch", 0),
+            ("max_total_pending", -5),
+        ],
     )
     def test_bad_options_are_rejected_at_construction(self, option: str, value: Any) -> None:
         """Nonsensical options fail when the Runtime is built, naming the option."""
@@ -496,9 +512,20 @@ class TestIntrospection:
             await rt.ask("a", 1)
             stats = rt.stats()
 
-        for key in ("live_actors", "pending", "handled", "failed", "interrupted", "dropped",
-                    "restarts", "dead_letters", "accepted", "activations", "idle_stops",
-                    "pending_by_key"):
+        for key in (
+            "live_actors",
+            "pending",
+            "handled",
+            "failed",
+            "interrupted",
+            "dropped",
+            "restarts",
+            "dead_letters",
+            "accepted",
+            "activations",
+            "idle_stops",
+            "pending_by_key",
+        ):
             assert key in stats
         assert stats["wait_ms"]["count"] == 1
         assert set(stats["run_ms"]) == {"count", "p50", "p90", "p99", "max"}
@@ -514,8 +541,9 @@ class TestIntrospection:
                     raise RuntimeError("down")
                 Recorder.seen.append((ctx.key, message))
 
-        async with Runtime(Flaky, on_dead_letter=letters.append,
-                           restart=RestartPolicy(backoff_min=0, jitter=0)) as rt:
+        async with Runtime(
+            Flaky, on_dead_letter=letters.append, restart=RestartPolicy(backoff_min=0, jitter=0)
+        ) as rt:
             rt.tell("k", "important")
             await rt.wait_idle()
             [letter] = rt.dead_letters()
@@ -535,8 +563,9 @@ class TestIntrospection:
         def broken(_: Any) -> None:
             raise RuntimeError("callback bug")
 
-        async with Runtime(Recorder, on_dead_letter=broken,
-                           restart=RestartPolicy(backoff_min=0, jitter=0)) as rt:
+        async with Runtime(
+            Recorder, on_dead_letter=broken, restart=RestartPolicy(backoff_min=0, jitter=0)
+        ) as rt:
             with pytest.raises(ValueError, match="boom"):
                 await rt.ask("k", "boom")
             assert len(rt.dead_letters()) == 1

@@ -1,4 +1,4 @@
-"""Shard assignment (supervisors._shards): stable, balanced, and minimal movement."""
+"""Shard assignment (supervisors.cluster._shards): stable, balanced, and minimal movement."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ from collections import Counter
 from hypothesis import given
 from hypothesis import strategies as st
 
-from supervisors._shards import owner_of, plan, shard_of
+from supervisors.cluster._shards import owner_of, plan, shard_of
 
 members = st.lists(
     st.text("abcdef0123456789", min_size=1, max_size=8), min_size=1, max_size=8, unique=True

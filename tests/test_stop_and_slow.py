@@ -383,7 +383,7 @@ async def test_interrupt_at_priority_0_is_refused_before_reaching_redis(redis_ur
 
 
 class Hang(UserActor):
-    """"hang" waits until `release` is set; anything else returns at once."""
+    """ "hang" waits until `release` is set; anything else returns at once."""
 
     release: asyncio.Event
 

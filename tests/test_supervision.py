@@ -99,8 +99,6 @@ def probes(journal: Journal, cls: type[Probe] = Probe) -> Callable[[str | int], 
     return lambda key: cls(key, journal)
 
 
-
-
 def named(logs: Sequence[MutableMapping[str, Any]], event: str) -> list[MutableMapping[str, Any]]:
     return [entry for entry in logs if entry["event"] == event]
 

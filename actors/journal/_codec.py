@@ -63,7 +63,8 @@ import inspect
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Final, TypeVar, final
 
-from actors._codec_format import (
+from actors._errors import CodecError
+from actors.journal._codec_format import (
     BUILT_IN,
     INT_MAX,
     INT_MIN,
@@ -74,7 +75,6 @@ from actors._codec_format import (
     short,
     type_name,
 )
-from actors._errors import CodecError
 
 if TYPE_CHECKING:
     from collections.abc import Callable

@@ -3,7 +3,7 @@
 What happens when, for `Runtime(Bot, cluster=RedisCluster(url))`:
 
 1. `start()`: the node connects, checks the namespace's shard count, registers
-   the scripts (supervisors/_cluster_scripts.py) and starts its tasks.
+   the scripts (supervisors/cluster/_scripts.py) and starts its tasks.
 2. **Sending** (any process): `tell`/`ask`/`send` encode the message with the
    codec and queue it; the outbox task writes everything queued in one
    pipelined batch of `XADD`s to the key's shard stream (`q`, or `qp` for a
@@ -11,7 +11,7 @@ What happens when, for `Runtime(Bot, cluster=RedisCluster(url))`:
    `send` returns once its `XADD` is acknowledged by Redis.
 3. **Membership** (every `tick`): a heartbeat in the members set, the live
    members read back, every owned lease renewed in one script; then, by
-   rendezvous hashing (supervisors/_shards.py), free leases the node should
+   rendezvous hashing (supervisors/cluster/_shards.py), free leases the node should
    hold are acquired, and shards another live node should hold are handed off.
 4. **Taking a shard over**: the pending entries of earlier owners are claimed
    into this owner's consumer and replayed in stream order (redelivered, with
@@ -39,13 +39,13 @@ import time
 from typing import TYPE_CHECKING, Any
 
 from actors._errors import CodecError, FutureTimeout, MailboxFull, RuntimeStopped
-from supervisors import _cluster_scripts as scripts
-from supervisors._backoff import Backoff
-from supervisors._cluster_commits import Commits
-from supervisors._cluster_leases import Leases
-from supervisors._cluster_reader import Reader
-from supervisors._cluster_state import error_of
-from supervisors._shards import shard_of
+from supervisors.cluster import _scripts as scripts
+from supervisors.cluster._backoff import Backoff
+from supervisors.cluster._commits import Commits
+from supervisors.cluster._leases import Leases
+from supervisors.cluster._reader import Reader
+from supervisors.cluster._shards import shard_of
+from supervisors.cluster._state import error_of
 
 if TYPE_CHECKING:
     from actors._future import LoopFuture
@@ -60,7 +60,7 @@ MAX_OUTBOX = 100_000
 class ClusterNode(Leases, Reader, Commits):
     """This process's part of the cluster (see the module documentation).
 
-    Its state is `NodeState`'s (supervisors/_cluster_state.py); its parts are the
+    Its state is `NodeState`'s (supervisors/cluster/_state.py); its parts are the
     mixins `Leases`, `Reader` and `Commits`.
     """
 

@@ -5,7 +5,7 @@
 With it, `tell`/`ask`/`send` (and a handler's `ctx.tell`) from any process go
 to the key's shard stream in Redis; the one node that holds the shard's lease
 reads it and hands each message to the key's local actor, with the same order,
-priorities, supervision and outcomes as in one process (supervisors/_cluster_node.py
+priorities, supervision and outcomes as in one process (supervisors/cluster/_node.py
 says how). `role="sender"` joins as a sender only: a webhook front end that runs
 no actors.
 
@@ -19,9 +19,9 @@ from __future__ import annotations
 import math
 import re
 from dataclasses import dataclass
-from typing import Final, Literal, final
+from typing import Any, Final, Literal, final
 
-__all__ = ["RedisCluster"]
+__all__ = ["RedisCluster", "check_cluster", "redact_url"]
 
 _NAMESPACE: Final = re.compile(r"[A-Za-z0-9_.-]{1,64}")
 
@@ -178,3 +178,19 @@ def redact_url(url: str) -> str:
     if "@" in rest:
         rest = "***@" + rest.rpartition("@")[2]
     return scheme + sep + rest
+
+
+def check_cluster(cluster: Any, store: Any) -> RedisCluster | None:
+    """Validate `cluster` (a `RedisCluster` or None); a cluster keeps no local store."""
+    if cluster is None:
+        return None
+    if not isinstance(cluster, RedisCluster):
+        # The type only: a URL given here would put its password in the message.
+        msg = f"cluster must be a supervisors.RedisCluster, got {type(cluster).__name__}"
+        if isinstance(cluster, str):
+            msg += " (give RedisCluster(url))"
+        raise TypeError(msg)
+    if store is not None:
+        msg = "store= and cluster= cannot be combined: in cluster mode Redis keeps the messages"
+        raise ValueError(msg)
+    return cluster

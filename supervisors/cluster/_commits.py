@@ -15,8 +15,8 @@ import uuid
 from typing import TYPE_CHECKING, Any
 
 from actors._errors import CodecError, Dropped
-from supervisors._backoff import Backoff
-from supervisors._cluster_state import Item, NodeState, RemoteReply, Shard
+from supervisors.cluster._backoff import Backoff
+from supervisors.cluster._state import Item, NodeState, RemoteReply, Shard
 
 if TYPE_CHECKING:
     from actors._mailbox import Envelope

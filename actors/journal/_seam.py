@@ -29,9 +29,9 @@ taken back, only undone by a later one (`ack`). Reads see every
 write made before them, committed or not (`load_snapshot` through an overlay of the
 queued snapshot writes; `pending` and `dead_letters` by waiting for the queue first).
 
-The embedded implementation is `SQLiteJournal` (`_sqlite_journal.py`: the file and
-the public calls; `_journal_file.py`: opening and checking the file;
-`_journal_writer.py`: the writer thread and its group commit).
+The embedded implementation is `SQLiteJournal` (`_sqlite.py`: the file and
+the public calls; `_file.py`: opening and checking the file;
+`_writer.py`: the writer thread and its group commit).
 """
 
 from __future__ import annotations

@@ -16,8 +16,8 @@ import time
 from typing import Any
 
 from actors._errors import CodecError
-from supervisors._backoff import Backoff
-from supervisors._cluster_state import (
+from supervisors.cluster._backoff import Backoff
+from supervisors.cluster._state import (
     Item,
     NodeState,
     RemoteReply,

@@ -29,7 +29,7 @@ from __future__ import annotations
 
 import contextlib
 import time
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any
 
 from actors._errors import CodecError, Dropped, JournalError, RecordedError
 from actors._mailbox import Envelope
@@ -39,22 +39,11 @@ if TYPE_CHECKING:
     import asyncio
     from concurrent.futures import Future
 
-    from actors._codec import Codec
-    from actors._journal import Journal
+    from actors.journal._codec import Codec
+    from actors.journal._seam import Journal
     from supervisors._core import _Core
 
-__all__ = ["Durable", "Tracker"]
-
-
-class Tracker(Protocol):
-    """What the router tells about a tracked message (`envelope.seq != 0`): the durable
-    store here, or the cluster node (supervisors/_cluster_node.py)."""
-
-    def started(self, envelope: Envelope) -> bool:
-        """A handler is about to start on it: True if it may (False: it was settled)."""
-
-    def ack(self, envelope: Envelope) -> None:
-        """It was handled (or otherwise ended and is not kept)."""
+__all__ = ["Durable"]
 
 
 # Wall-clock time: what a journaled record keeps (a ttl's deadline must still mean
@@ -63,7 +52,10 @@ _wall = time.time
 
 
 class Durable:
-    """The runtime's side of one journal (see the module documentation)."""
+    """The runtime's side of one journal (see the module documentation).
+
+    The router's `Journaling` and `Tracker` (supervisors/_modes.py).
+    """
 
     __slots__ = (
         "_acks",

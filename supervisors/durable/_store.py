@@ -11,17 +11,16 @@ from __future__ import annotations
 import os
 from typing import TYPE_CHECKING, Any
 
-from actors._codec import Codec
-from actors._sqlite_journal import SQLiteJournal
-from supervisors._cluster import RedisCluster
-from supervisors._durable import Durable
+from actors.journal._codec import Codec
+from actors.journal._sqlite import SQLiteJournal
+from supervisors.durable._journaling import Durable
 
 if TYPE_CHECKING:
     import asyncio
 
-    from actors._journal import Journal
+    from actors.journal._seam import Journal
 
-__all__ = ["check_cluster", "check_store", "open_store"]
+__all__ = ["check_store", "open_store"]
 
 # What a store must have: the `actors.Journal` protocol's methods.
 _JOURNAL_METHODS = (
@@ -77,19 +76,3 @@ def open_store(
     durable = Durable(journal, codec, loop, log)
     durable.max_deliveries = max_deliveries
     return durable
-
-
-def check_cluster(cluster: Any, store: Any) -> RedisCluster | None:
-    """Validate `cluster` (a `RedisCluster` or None); a cluster keeps no local store."""
-    if cluster is None:
-        return None
-    if not isinstance(cluster, RedisCluster):
-        # The type only: a URL given here would put its password in the message.
-        msg = f"cluster must be a supervisors.RedisCluster, got {type(cluster).__name__}"
-        if isinstance(cluster, str):
-            msg += " (give RedisCluster(url))"
-        raise TypeError(msg)
-    if store is not None:
-        msg = "store= and cluster= cannot be combined: in cluster mode Redis keeps the messages"
-        raise ValueError(msg)
-    return cluster

@@ -17,12 +17,12 @@ from threading import get_ident
 from typing import TYPE_CHECKING, Any
 
 from actors._errors import CodecError, RuntimeStopped
-from supervisors._core import check_call
+from supervisors._checks import check_call
 
 if TYPE_CHECKING:
-    from actors._codec import Codec
     from actors._future import LoopFuture
-    from supervisors._cluster_node import ClusterNode
+    from actors.journal._codec import Codec
+    from supervisors.cluster._node import ClusterNode
 
 __all__ = ["ClusterPort", "check_msg_id"]
 

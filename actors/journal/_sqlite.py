@@ -1,7 +1,7 @@
 """`SQLiteJournal`: the embedded `Journal`, an SQLite file written by a thread of its own.
 
 It uses the stdlib `sqlite3`, WAL mode, and a writer thread doing *group commit*
-(`_journal_writer.py`): the writer takes everything queued (up to `batch_max`
+(`_writer.py`): the writer takes everything queued (up to `batch_max`
 rows, after waiting up to `max_delay_ms` for more), applies it in one transaction
 and resolves all of its futures together. Under load the queue fills while the
 previous batch commits, so batches grow by themselves; `max_delay_ms` trades
@@ -33,7 +33,7 @@ A file that is not a journal this version reads (not SQLite, a corrupted or
 truncated one, another SQLite database, another schema version) raises
 `JournalError` at open, naming the file and the recovery path; a journal is never
 silently started empty over one. A new file is created complete or not at all (it
-is written aside and renamed into place). See `_journal_file.py`.
+is written aside and renamed into place). See `_file.py`.
 
 One `SQLiteJournal` at a time uses a file: it holds a lock on `<path>-lock` (on
 POSIX systems), and a second one, in this process or another, gets `JournalError`.
@@ -57,8 +57,7 @@ import time
 from typing import TYPE_CHECKING, Any, Final, final
 
 from actors._errors import JournalError
-from actors._journal import Accepted, DeadLetterRecord, PendingRecord
-from actors._journal_file import (
+from actors.journal._file import (
     SCHEMA_VERSION,
     Sync,
     claim,
@@ -67,7 +66,8 @@ from actors._journal_file import (
     open_checked,
     read_counters,
 )
-from actors._journal_writer import (
+from actors.journal._seam import Accepted, DeadLetterRecord, PendingRecord
+from actors.journal._writer import (
     ACK,
     APPEND,
     BARRIER,
@@ -82,7 +82,7 @@ if TYPE_CHECKING:
     from collections.abc import Iterator, Sequence
     from concurrent.futures import Future
 
-    from actors._journal import Key
+    from actors.journal._seam import Key
 
 __all__ = ["SCHEMA_VERSION", "SQLiteJournal"]
 

@@ -30,7 +30,7 @@ from typing import TYPE_CHECKING, Any, Final
 from actors._errors import JournalClosed, JournalError
 
 if TYPE_CHECKING:
-    from actors._journal import Key
+    from actors.journal._seam import Key
 
 __all__ = [
     "ACK",

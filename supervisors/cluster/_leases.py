@@ -3,7 +3,7 @@
 Every `tick`: a heartbeat in the members set (times from Redis, so the nodes'
 clocks do not matter), the live members read back, every owned lease renewed in
 one script (a lease not renewed is lost: `_lose`), then the plan of
-supervisors/_shards.py: free leases this node should hold are acquired (each
+supervisors/cluster/_shards.py: free leases this node should hold are acquired (each
 starts a takeover), shards another live node should hold are handed off
 (drained, then released). A node that cannot reach Redis for 0.8 x `lease_ttl`
 drops its shards (self-fencing).
@@ -15,10 +15,10 @@ import asyncio
 import contextlib
 import time
 
-from supervisors._backoff import Backoff
-from supervisors._cluster_state import NodeState, Shard
-from supervisors._shards import plan, shard_of
 from supervisors._snapshots import MemorySnapshots
+from supervisors.cluster._backoff import Backoff
+from supervisors.cluster._shards import plan, shard_of
+from supervisors.cluster._state import NodeState, Shard
 
 __all__ = ["Leases"]
 

@@ -1,4 +1,4 @@
-"""The state a cluster node keeps, shared by its parts (supervisors/_cluster_node.py).
+"""The state a cluster node keeps, shared by its parts (supervisors/cluster/_node.py).
 
 `NodeState` holds what the node's parts read and write: the shards it owns, the
 messages in flight, the queues of the outbox and of the commits, the counters.
@@ -19,10 +19,10 @@ from actors._errors import CodecError, Dropped, Interrupted, RecordedError
 from actors._outcomes import DeadLetter
 
 if TYPE_CHECKING:
-    from actors._codec import Codec
     from actors._future import LoopFuture
-    from supervisors._cluster import RedisCluster
+    from actors.journal._codec import Codec
     from supervisors._core import _Core
+    from supervisors.cluster._options import RedisCluster
 
 __all__ = [
     "Item",
@@ -86,7 +86,7 @@ class RemoteReply:
 class NodeState:
     """What every part of a node reads and writes (one event loop: no locks)."""
 
-    # The scripts, registered once per client (supervisors/_cluster_scripts.py).
+    # The scripts, registered once per client (supervisors/cluster/_scripts.py).
     _acquire: Any
     _renew: Any
     _release: Any

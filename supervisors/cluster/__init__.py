@@ -1,0 +1,29 @@
+"""inorder's cluster mode: one runtime per process, many processes, one Redis.
+
+What happens when, for `Runtime(Bot, cluster=RedisCluster(url))`:
+
+* **construction**: `RedisCluster` (`_options.py`) checks every setting (G9); nothing
+  connects yet, and importing this package needs no Redis client.
+* **start**: the node (`_node.py`) connects with redis-py's asyncio client (the
+  `inorder[redis]` extra), checks the namespace, loads the fenced Lua scripts
+  (`_scripts.py`) and starts its tasks; the facade sends through a port
+  (`_port.py`) instead of the local router.
+* **every tick**: membership, lease renewal and the shard plan (`_leases.py`, with
+  rendezvous hashing of keys to shards and shards to nodes in `_shards.py`); a shard
+  another node should own is handed off after its local messages drain.
+* **taking a shard over and reading**: `_reader.py` claims an earlier owner's pending
+  entries, replays them in stream order, then reads new ones and hands each to the
+  key's local actor.
+* **outcomes**: `_commits.py` writes each shard's batch (dedup mark, reply, dead
+  letter, acknowledgement) in one script that checks the lease's fencing token; a
+  refused commit drops the shard at once (G12).
+* **Redis unreachable**: every loop backs off with the pure schedule of
+  `_backoff.py` and logs the 1st, 2nd, 4th... failure and the recovery.
+
+`_state.py` holds what these parts share: the node's state, shards, items and
+replies. Users import `RedisCluster` from `supervisors`.
+"""
+
+from supervisors.cluster._options import RedisCluster
+
+__all__ = ["RedisCluster"]
