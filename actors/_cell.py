@@ -32,18 +32,7 @@ from collections import deque
 from typing import TYPE_CHECKING, Any
 
 from actors._burst import drain, stop_async
-from actors._host import (
-    ACTIVATING,
-    CLOSED,
-    EMPTY,
-    IDLE,
-    PARKED,
-    RUNNING,
-    STARTING,
-    STOPPING,
-    SUSPENDED,
-    Host,
-)
+from actors._host import ACTIVATING, EMPTY, IDLE, RUNNING, STARTING, STOPPING, Host
 from actors._turn import Turn
 from actors._user_actor import Context
 
@@ -52,20 +41,7 @@ if TYPE_CHECKING:
     from actors._mailbox import Envelope, Mailbox
     from actors._user_actor import UserActor
 
-# The states are re-exported: the registry and the supervisor read them from here.
-__all__ = [
-    "ACTIVATING",
-    "CLOSED",
-    "EMPTY",
-    "IDLE",
-    "PARKED",
-    "RUNNING",
-    "STARTING",
-    "STOPPING",
-    "SUSPENDED",
-    "Cell",
-    "Host",
-]
+__all__ = ["Cell"]
 
 _RESUME = "resume"  # a deferred `resume()` (any other deferred action is a stop reason)
 

@@ -19,11 +19,12 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any, NamedTuple
 
-from actors._cell import CLOSED, EMPTY, Cell
+from actors._cell import Cell
+from actors._host import CLOSED, EMPTY
 from actors._kernel import LoopActor
 
 if TYPE_CHECKING:
-    from actors._cell import Host
+    from actors._host import Host
 
 __all__ = ["RegistryActor", "Release"]
 

@@ -21,8 +21,8 @@ import threading
 from concurrent.futures import ThreadPoolExecutor
 from typing import TYPE_CHECKING, Any
 
-from actors._cell import PARKED, SUSPENDED, Host
 from actors._errors import MailboxFull, RuntimeStopped
+from actors._host import PARKED, SUSPENDED, Host
 from actors._mailbox import Envelope
 from supervisors._checks import check_call
 from supervisors._snapshots import save

@@ -33,9 +33,9 @@ import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, final
 
-from actors._cell import STOPPING
 from actors._errors import StopFromHandler
 from actors._future import LoopFuture
+from actors._host import STOPPING
 from supervisors._core import CLOSING, STOPPED
 from supervisors._quiescence import wait_idle
 

@@ -40,16 +40,7 @@ from __future__ import annotations
 from collections import OrderedDict
 from typing import TYPE_CHECKING, Any, NamedTuple
 
-from actors._cell import (
-    ACTIVATING,
-    CLOSED,
-    EMPTY,
-    IDLE,
-    PARKED,
-    STOPPING,
-    SUSPENDED,
-    Cell,
-)
+from actors._host import ACTIVATING, CLOSED, EMPTY, IDLE, PARKED, STOPPING, SUSPENDED
 from actors._kernel import LoopActor
 from actors._registry import Release
 from actors._user_actor import UserActor
@@ -62,6 +53,7 @@ from supervisors._policy import (
 )
 
 if TYPE_CHECKING:
+    from actors._cell import Cell
     from actors._clock import TimerHandle
     from actors._mailbox import Envelope
     from supervisors._core import _Core
