@@ -16,6 +16,7 @@ as C extensions built by mypyc, or as the identical pure-Python code.
 """
 
 from actors import _cell
+from actors._batch import Batch, Item
 from actors._clock import Clock, LoopClock
 from actors._errors import (
     AlreadyStarted,
@@ -31,12 +32,15 @@ from actors._errors import (
     InvalidPriority,
     JournalClosed,
     JournalError,
+    KeyBusy,
     MailboxFull,
     RecordedError,
+    RetryAfter,
     RuntimeStopped,
     StopFromHandler,
 )
 from actors._future import LoopFuture
+from actors._knobs import Debounce, Rate
 from actors._outcomes import DeadLetter
 from actors._user_actor import Context, UserActor
 from actors.journal._codec import Codec, EnvelopeRecord
@@ -49,6 +53,7 @@ COMPILED: bool = not _cell.__file__.endswith(".py")
 __all__ = [
     "COMPILED",
     "AlreadyStarted",
+    "Batch",
     "BlockingOnLoop",
     "Clock",
     "Codec",
@@ -56,6 +61,7 @@ __all__ = [
     "Context",
     "DeadLetter",
     "DeadLetterRecord",
+    "Debounce",
     "Dropped",
     "EnvelopeRecord",
     "FutureTimeout",
@@ -65,14 +71,18 @@ __all__ = [
     "Interrupted",
     "InvalidKey",
     "InvalidPriority",
+    "Item",
     "Journal",
     "JournalClosed",
     "JournalError",
+    "KeyBusy",
     "LoopClock",
     "LoopFuture",
     "MailboxFull",
     "PendingRecord",
+    "Rate",
     "RecordedError",
+    "RetryAfter",
     "RuntimeStopped",
     "SQLiteJournal",
     "StopFromHandler",

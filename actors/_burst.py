@@ -58,14 +58,16 @@ async def drain(cell: Cell, starting: bool) -> None:
         take = cell.take
         finish = cell.finish
         batch = budget = cell.host.batch
+        batches = cell.knobs.batches  # the handler gets the turn's Batch (`Cell.payload`)
         while (envelope := take()) is not None:
+            message = cell.payload if batches else envelope.message
             try:
                 if mode == HANDLER_ASYNC:
-                    result = await handler(envelope.message, ctx)
+                    result = await handler(message, ctx)
                 elif mode == HANDLER_SYNC:
-                    result = handler(envelope.message, ctx)
+                    result = handler(message, ctx)
                 else:
-                    result = await in_thread(cell, handler, envelope, ctx)
+                    result = await in_thread(cell, handler, message, ctx)
             except asyncio.CancelledError as error:
                 then = cell.cancelled(envelope, error)
                 if then == RERAISE:
@@ -102,7 +104,7 @@ async def _start_async(cell: Cell, actor: UserActor) -> bool:
     return True
 
 
-async def in_thread(cell: Cell, handler: Any, envelope: Envelope, ctx: Context) -> Any:
+async def in_thread(cell: Cell, handler: Any, message: Any, ctx: Context) -> Any:
     """Run a blocking handler in the pool; never leave it running behind our back (G2).
 
     A cancellation (shutdown) sets `ctx.interrupted` and waits for the thread,
@@ -110,7 +112,8 @@ async def in_thread(cell: Cell, handler: Any, envelope: Envelope, ctx: Context) 
     keeps track of the thread itself, so the key still waits for it.
     """
     host = cell.host
-    future = host.loop.run_in_executor(host.executor(), handler, envelope.message, ctx)
+    envelope: Envelope = cell.current  # type: ignore[assignment]
+    future = host.loop.run_in_executor(host.executor(), handler, message, ctx)
     while True:
         try:
             return await asyncio.shield(future)

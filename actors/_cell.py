@@ -32,7 +32,9 @@ from collections import deque
 from typing import TYPE_CHECKING, Any
 
 from actors._burst import drain, stop_async
-from actors._host import ACTIVATING, EMPTY, IDLE, RUNNING, STARTING, STOPPING, Host
+from actors._gate import Gate
+from actors._host import ACTIVATING, EMPTY, HELD, IDLE, RUNNING, STARTING, STOPPING, Host
+from actors._knobs import INTERRUPT
 from actors._turn import Turn
 from actors._user_actor import Context
 
@@ -95,6 +97,8 @@ class Cell(Turn):
 
     def deliver(self, envelope: Envelope) -> None:
         """Queue an accepted envelope and make sure someone will handle it."""
+        if not self.plain:
+            self._arrive(envelope)
         # Mailbox.put's priority-0 cases, inlined: this runs once per message.
         if envelope.priority == 0:
             if self._head is None:
@@ -112,6 +116,46 @@ class Cell(Turn):
         elif state is EMPTY:
             self.state = ACTIVATING
             self.host.request_activation(self)
+        elif state is HELD and (envelope.priority or self._batch_full()):
+            self._begin(RUNNING)  # `take` asks the gate again
+        steer = self._steer
+        if steer is not None:
+            current = self.current
+            if current is not None and envelope.priority <= current.priority and not steer.done():
+                steer.set_result(None)
+
+    def _arrive(self, envelope: Envelope) -> None:
+        """A message for a class with a busy policy, a gate or a drop policy, before it waits."""
+        knobs = self.knobs
+        host = self.host
+        if envelope.priority == 0:
+            if knobs.busy is INTERRUPT:
+                # The newest message is the one to run: the turn in flight is cut short and
+                # what still waits is superseded by it.
+                superseded = self.take_lane(0)
+                host.pending -= len(superseded)
+                for old in superseded:
+                    host.outcomes.on_dropped(self.key, old, "superseded", old.attempt - 1)
+                self.interrupt(1)
+            if knobs.gated:
+                gate = self.gate
+                if gate is None:
+                    gate = self.gate = Gate(knobs, host.now())
+                if knobs.debounce is not None:
+                    gate.arrived(host.now())
+
+    def _batch_full(self) -> bool:
+        debounce = self.knobs.debounce
+        return (
+            debounce is not None
+            and debounce.max_batch is not None
+            and self._size >= debounce.max_batch
+        )
+
+    def release(self) -> None:
+        """The host's wake-up for a held key: its gate's time has come (the gate decides)."""
+        if self.state is HELD:
+            self._begin(RUNNING)
 
     def expire(self, envelope: Envelope) -> None:
         """A waiting message's `ttl` ran out (its timer): it ends `Dropped("expired")`."""
@@ -135,6 +179,8 @@ class Cell(Turn):
         """Begin a new incarnation: `on_start`, then drain what waits."""
         self.actor = actor
         self.incarnation += 1
+        knobs = self.knobs = self.host.knobs_for(type(actor))
+        self.plain = knobs.plain
         self.ctx = Context(self)
         self.host.live += 1
         self._begin(STARTING)
@@ -242,6 +288,7 @@ class Cell(Turn):
         self._run_after()
 
     def burst_ended(self, task: asyncio.Task[None] | None) -> None:
+        self.payload = None  # the last Batch: not kept alive by an idle key
         if self._worker is None:
             self._disarm()
             self.late = None

@@ -29,8 +29,10 @@ __all__ = [
     "InvalidPriority",
     "JournalClosed",
     "JournalError",
+    "KeyBusy",
     "MailboxFull",
     "RecordedError",
+    "RetryAfter",
     "RuntimeStopped",
     "StopFromHandler",
 ]
@@ -79,6 +81,40 @@ class MailboxFull(InorderError):
         self.key = key
         self.limit = limit
         self.scope = scope
+
+
+class KeyBusy(InorderError):
+    """Raised by `tell`/`ask` for a key whose class (or runtime) says `busy="reject"`:
+    its handler is running, or messages of it wait. Nothing was enqueued.
+
+    Priority messages are never refused this way (the control lane): a bot answers
+    "wait, or /stop" and the `/stop` still gets through.
+    """
+
+    def __init__(self, key: Any) -> None:
+        super().__init__(f"{key!r} is busy: its handler is running (busy='reject')")
+        self.key = key
+
+
+class RetryAfter(InorderError):
+    """Raise it from a handler to run the same message again after `seconds`.
+
+    The key pauses for that long (its other messages wait; every other key goes on)
+    and the message runs again. Not a failure: it consumes neither the restart
+    budget nor `max_retries`. For a platform's flood control: Telegram's
+    `RetryAfter`, Discord's 429 (`ctx.retry_after(seconds)` raises it too).
+    """
+
+    def __init__(self, seconds: float) -> None:
+        if (
+            isinstance(seconds, bool)
+            or not isinstance(seconds, int | float)
+            or not 0 <= seconds < float("inf")
+        ):
+            msg = f"RetryAfter takes a number of seconds >= 0, got {seconds!r}"
+            raise ValueError(msg)
+        super().__init__(f"retry after {seconds} s")
+        self.seconds = float(seconds)
 
 
 class Interrupted(InorderError):

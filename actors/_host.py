@@ -8,6 +8,7 @@ States and who moves a cell between them::
 
     EMPTY --deliver--> ACTIVATING --start()--> STARTING --on_start ok--> RUNNING
     RUNNING --mailbox empty--> IDLE --deliver--> RUNNING
+    RUNNING --its gate says wait--> HELD --(host) release()--> RUNNING
     STARTING/RUNNING --failure--> SUSPENDED --(supervisor) resume()/start()/stop()
     IDLE/SUSPENDED --stop()--> STOPPING --on_stop done--> EMPTY (or CLOSED)
     any --(supervisor) park()--> PARKED --unpark()--> EMPTY
@@ -32,6 +33,7 @@ if TYPE_CHECKING:
 
     from actors._cell import Cell
     from actors._clock import Clock
+    from actors._knobs import Knobs
     from actors._latency import Latencies
     from actors._mailbox import Envelope
     from actors._outcomes import Outcomes
@@ -41,6 +43,7 @@ __all__ = [
     "ACTIVATING",
     "CLOSED",
     "EMPTY",
+    "HELD",
     "IDLE",
     "OVERRUN_GRACE",
     "PARKED",
@@ -56,6 +59,7 @@ ACTIVATING = "activating"
 STARTING = "starting"
 RUNNING = "running"
 IDLE = "idle"
+HELD = "held"  # messages wait, and its gate (actors/_gate.py) says not yet: woken by the host
 SUSPENDED = "suspended"
 STOPPING = "stopping"
 PARKED = "parked"
@@ -87,6 +91,9 @@ class Host(ABC):
     live: int
     overruns: int
     now: Callable[[], float]
+    room_waiters: dict[Any, Any]  # key -> senders waiting for room in its mailbox
+    default_knobs: Knobs  # for a key whose class is not known yet
+    flushing: bool  # the stop's drain: debounce windows close at once
 
     @abstractmethod
     def executor(self) -> Executor: ...
@@ -116,6 +123,18 @@ class Host(ABC):
 
     @abstractmethod
     def notify(self) -> None: ...
+
+    @abstractmethod
+    def hold(self, cell: Cell, due: float) -> None:
+        """Wake `cell` (`Cell.release`) at `due`: its gate holds its next turn until then."""
+
+    @abstractmethod
+    def knobs_for(self, actor_type: type) -> Knobs:
+        """An actor class's busy, overflow, rate and debounce settings, resolved."""
+
+    @abstractmethod
+    def room_made(self, cell: Cell) -> None:
+        """A message left `cell`'s mailbox while senders wait for room (`Runtime.send`)."""
 
     @abstractmethod
     def journal_started(self, envelope: Envelope) -> bool:

@@ -57,9 +57,11 @@ class Envelope:
         "attempt",
         "expiry",
         "message",
+        "msg_id",
         "priority",
         "redelivered",
         "reply_to",
+        "riders",
         "seq",
     )
 
@@ -80,6 +82,10 @@ class Envelope:
         # records are appended; 0 for a message that is not journaled).
         self.seq = 0
         self.redelivered = False  # replayed from the journal after a restart
+        self.msg_id: str | None = None  # the caller's `msg_id=` (deduplication, `Item.msg_id`)
+        # Messages whose outcome is this one's: the rest of a `Batch`, or what a steering
+        # turn took (`ctx.take_new()`). They left the mailbox; they are settled with it.
+        self.riders: list[Envelope] | None = None
 
     def __repr__(self) -> str:
         return f"Envelope({self.message!r}, priority={self.priority}, attempt={self.attempt})"
@@ -203,6 +209,56 @@ class Mailbox:
                 taken.extend(self._lane0)
         self._head = self._lane0 = None
         return taken
+
+    def next_priority(self) -> int:
+        """The priority of the envelope `pop` would return (0 when empty)."""
+        order = self._order
+        return order[-1] if order else 0
+
+    def pop_at_most(self, priority: int) -> Envelope | None:
+        """Remove and return the oldest envelope of the highest priority <= `priority`."""
+        lanes = self._lanes
+        if lanes is not None:
+            order: list[int] = self._order  # type: ignore[assignment]
+            for p in reversed(order):
+                if p <= priority:
+                    lane = lanes[p]
+                    taken = lane.popleft()
+                    self._size -= 1
+                    if not lane:
+                        self._drop_lane(p)
+                    return taken
+        head = self._head
+        if head is not None:
+            self._size -= 1
+            self._next_head()
+        return head
+
+    def take_lane(self, priority: int, limit: int | None = None) -> list[Envelope]:
+        """Remove and return up to `limit` of the oldest envelopes of one priority lane."""
+        taken: list[Envelope] = []
+        if priority == 0:
+            while self._head is not None and (limit is None or len(taken) < limit):
+                taken.append(self._head)
+                self._next_head()
+        elif self._lanes is not None and priority in self._lanes:
+            lane = self._lanes[priority]
+            while lane and (limit is None or len(taken) < limit):
+                taken.append(lane.popleft())
+            if not lane:
+                self._drop_lane(priority)
+        self._size -= len(taken)
+        return taken
+
+    def oldest_at_most(self, priority: int) -> Envelope | None:
+        """The oldest waiting envelope of the lowest priority, if that priority is <= `priority`
+        (what `overflow="drop_oldest"` drops), without removing it."""
+        if self._head is not None:
+            return self._head
+        order = self._order
+        if order and order[0] <= priority:
+            return self._lanes[order[0]][0]  # type: ignore[index]
+        return None
 
     def take_below(self, priority: int) -> list[Envelope]:
         """Remove and return the waiting envelopes below `priority`, in delivery order."""

@@ -25,7 +25,7 @@ if TYPE_CHECKING:
 
     from actors._mailbox import Envelope
 
-__all__ = ["DeadLetter", "JournalHook", "Outcomes"]
+__all__ = ["DeadLetter", "DedupHook", "JournalHook", "Outcomes"]
 
 # Drops the application asked for: a /clear, a shutdown, a ttl, a withdrawn ask.
 _REQUESTED = frozenset({"cleared", "shutdown", "expired", "withdrawn"})
@@ -83,6 +83,13 @@ class JournalHook(Protocol):
         """Remove journaled dead letters (evicted from the retained ones)."""
 
 
+class DedupHook(Protocol):
+    """What outcomes tell the deduplication window (`supervisors._dedup.Dedup`)."""
+
+    def settled(self, msg_id: str, result: Any, error: BaseException | None) -> None:
+        """The message sent with `msg_id` got its outcome (`error` None: handled)."""
+
+
 class Outcomes:
     """Counts, resolves and dead-letters the outcome of every accepted message."""
 
@@ -91,6 +98,7 @@ class Outcomes:
         "_debug",
         "_on_dead_letter",
         "dead_letter_count",
+        "dedup",
         "dropped",
         "failed",
         "handled",
@@ -98,6 +106,7 @@ class Outcomes:
         "journal",
         "latency",
         "log",
+        "retry_afters",
     )
 
     def __init__(
@@ -121,6 +130,9 @@ class Outcomes:
         self._on_dead_letter = on_dead_letter
         # With a durable store: told about every journaled message's outcome.
         self.journal: JournalHook | None = None
+        # With deduplication on: told the outcome of every message sent with a msg_id.
+        self.dedup: DedupHook | None = None
+        self.retry_afters = 0  # handlers that raised RetryAfter (not outcomes)
 
     def total(self) -> int:
         """How many messages have an outcome."""
@@ -134,6 +146,28 @@ class Outcomes:
         reply_to = envelope.reply_to
         if reply_to is not None:
             reply_to.set(result)
+        if envelope.msg_id is not None or envelope.riders is not None:
+            self.settled(envelope, result)
+
+    def settled(self, envelope: Envelope, result: Any) -> None:
+        """After a handled message's own outcome: its `msg_id`'s and its riders' (the rest
+        of its batch, what its turn took), handled with it."""
+        if envelope.msg_id is not None and self.dedup is not None:
+            self.dedup.settled(envelope.msg_id, result, None)
+        riders = envelope.riders
+        if riders is not None:
+            envelope.riders = None
+            for rider in riders:
+                self.on_handled(rider, result)
+
+    def _riders(self, envelope: Envelope, error: BaseException) -> list[Envelope]:
+        if envelope.msg_id is not None and self.dedup is not None:
+            self.dedup.settled(envelope.msg_id, None, error)
+        riders = envelope.riders
+        if riders is None:
+            return []
+        envelope.riders = None
+        return riders
 
     def on_failed(self, key: str | int, envelope: Envelope, error: BaseException) -> None:
         """The handler raised `error` and no retry is left."""
@@ -166,6 +200,8 @@ class Outcomes:
                 journal_id,
             )
         )
+        for rider in self._riders(envelope, error):
+            self.on_failed(key, rider, error)
 
     def on_interrupted(self, key: str | int, envelope: Envelope, reason: str) -> None:
         """The handler in flight was cancelled (by an interrupt or a shutdown)."""
@@ -175,8 +211,12 @@ class Outcomes:
         if envelope.seq and reason != "shutdown" and self.journal is not None:
             self.journal.ack(envelope)
         reply_to = envelope.reply_to
+        error = Interrupted(key, reason)
         if reply_to is not None:
-            reply_to.set_exception(_exc_info(Interrupted(key, reason)))
+            reply_to.set_exception(_exc_info(error))
+        if envelope.msg_id is not None or envelope.riders is not None:
+            for rider in self._riders(envelope, error):
+                self.on_interrupted(key, rider, reason)
 
     def on_dropped(
         self,
@@ -198,6 +238,9 @@ class Outcomes:
         reply_to = envelope.reply_to
         if reply_to is not None:
             reply_to.set_exception(_exc_info(error))
+        if envelope.msg_id is not None or envelope.riders is not None:
+            for rider in self._riders(envelope, error):
+                self.on_dropped(key, rider, reason, attempts, cause, log=log)
         if reason in _HANDED_OVER:
             return
         self._dead_letter(

@@ -70,6 +70,8 @@ class RegistryActor(LoopActor):
             and cell.state is EMPTY
             and cell.mailbox.empty()
             and cell.current is None
+            # A rate-limited key's bucket outlives its incarnations: kept until full.
+            and (cell.gate is None or cell.gate.settled(cell.knobs, self.host.now()))
         ):
             del self.cells[cell.key]
             cell.state = CLOSED

@@ -32,9 +32,12 @@ from __future__ import annotations
 import asyncio
 from typing import TYPE_CHECKING, Any, cast
 
+from actors._batch import Batch, Item
 from actors._burst import END, FINISH, RERAISE
-from actors._errors import HandlerTimeout
-from actors._host import IDLE, OVERRUN_GRACE, RUNNING, SUSPENDED
+from actors._errors import HandlerTimeout, RetryAfter
+from actors._gate import EPSILON, Gate
+from actors._host import HELD, IDLE, OVERRUN_GRACE, RUNNING, SUSPENDED
+from actors._knobs import COLLECT
 from actors._mailbox import Mailbox
 from actors._user_actor import HANDLER_ASYNC
 
@@ -42,6 +45,7 @@ if TYPE_CHECKING:
     from actors._cell import Cell
     from actors._clock import TimerHandle
     from actors._host import Host
+    from actors._knobs import Knobs
     from actors._mailbox import Envelope
     from actors._user_actor import Context, UserActor
 
@@ -57,15 +61,21 @@ class Turn(Mailbox):
     __slots__ = (
         "_cut",
         "_flagged",
+        "_given",
         "_started",
+        "_steer",
         "_timer",
         "actor",
         "ctx",
         "current",
+        "gate",
         "host",
         "incarnation",
         "key",
+        "knobs",
         "late",
+        "payload",
+        "plain",
         "state",
         "task",
     )
@@ -85,6 +95,13 @@ class Turn(Mailbox):
         self._flagged = False  # ctx.interrupted was set for the handler in flight
         self._started = 0.0  # when the handler in flight started
         self._timer: TimerHandle | None = None  # its handler_timeout, then its overrun check
+        # The class's busy, overflow, rate and debounce settings; `plain`: all off.
+        self.knobs: Knobs = host.default_knobs
+        self.plain: bool = self.knobs.plain
+        self.gate: Gate | None = None  # when its next turn may start (actors/_gate.py)
+        self.payload: Any = None  # what a batching class's handler gets: the turn's Batch
+        self._given = 0  # how many of the turn's riders the handler has seen
+        self._steer: Any = None  # the future a `ctx.next_message()` awaits
 
     # -- cutting the handler in flight short ------------------------------------
 
@@ -132,6 +149,9 @@ class Turn(Mailbox):
         """
         if self.state is not RUNNING:
             return None
+        gate = self.gate
+        if gate is not None and self._size and self._held(gate):
+            return None
         envelope = self.pop()
         host = self.host
         if envelope is None:
@@ -147,6 +167,10 @@ class Turn(Mailbox):
             self.ctx.interrupted = False  # type: ignore[union-attr]
         if envelope.seq and not host.journal_started(envelope):
             return self.take()  # not to run here (its shard is lost): the host settled it
+        if host.room_waiters:
+            host.room_made(self)  # type: ignore[arg-type]
+        if not self.plain or envelope.riders is not None:
+            self._boarding(envelope)
         self.current = envelope
         started = self._started = host.now()
         timeout = host.handler_timeout
@@ -176,6 +200,8 @@ class Turn(Mailbox):
                 host.journal_handled(envelope)
             if envelope.reply_to is not None:
                 envelope.reply_to.set(result)
+            if envelope.msg_id is not None or envelope.riders is not None:
+                host.outcomes.settled(envelope, result)
             if host.trace:
                 self._trace(envelope, started, ran)
             return True
@@ -227,8 +253,125 @@ class Turn(Mailbox):
             self._returned_late(envelope)
             return True
         self._disarm()
+        if self._cut is None and isinstance(error, RetryAfter):
+            self._retry_later(envelope, error.seconds)
+            return True  # `take` holds the key
         self._fail(envelope, error)
         return False
+
+    # -- batches, steering, gates ----------------------------------------------------
+
+    def _boarding(self, envelope: Envelope) -> None:
+        """A message of a batching or gated class (or one with riders) starts its turn."""
+        knobs = self.knobs
+        riders = envelope.riders
+        if knobs.batches:
+            priority = envelope.priority
+            debounce = knobs.debounce
+            if knobs.busy is COLLECT or (priority == 0 and debounce is not None):
+                limit = None
+                if priority == 0 and debounce is not None and debounce.max_batch is not None:
+                    limit = debounce.max_batch - 1 - (len(riders) if riders else 0)
+                more = self._board(self.take_lane(priority, limit)) if limit != 0 else []
+                if more:
+                    riders = envelope.riders = more if riders is None else riders + more
+            items = [Item.of(envelope)]
+            if riders:
+                items.extend(Item.of(rider) for rider in riders)
+            self.payload = Batch(items)
+            self._given = len(riders) if riders else 0
+        else:
+            self._given = 0  # a retried turn's riders: its `take_new()` hands them back
+        gate = self.gate
+        if gate is not None and knobs.gated:
+            gate.started(knobs, envelope.priority, self.host.now())
+
+    def _board(self, envelopes: list[Envelope]) -> list[Envelope]:
+        """Envelopes taken from the mailbox to ride with the turn: the ones that may run."""
+        host = self.host
+        host.pending -= len(envelopes)
+        boarded = []
+        for envelope in envelopes:
+            if envelope.expiry is not None:
+                envelope.expiry.cancel()
+                envelope.expiry = None
+            if envelope.seq and not host.journal_started(envelope):
+                continue  # its shard is lost: the host settled it
+            boarded.append(envelope)
+        if envelopes and host.room_waiters:
+            host.room_made(self)  # type: ignore[arg-type]
+        return boarded
+
+    def take_new(self) -> list[Item]:
+        """`ctx.take_new()`: the key's messages (of priority <= the turn's) that came since
+        the turn started, taken from the mailbox to ride with it."""
+        envelope = self.current
+        if envelope is None:
+            return []
+        fresh = self._board(self.take_below(envelope.priority + 1))
+        riders = envelope.riders
+        if riders is None:
+            if not fresh:
+                return []
+            riders = envelope.riders = fresh
+            self._given = 0
+        else:
+            riders.extend(fresh)
+        given = self._given
+        self._given = len(riders)
+        return [Item.of(rider) for rider in riders[given:]]
+
+    def take_one(self) -> Item | None:
+        """`ctx.next_message()`'s step: the oldest message the turn may take, if one waits."""
+        envelope = self.current
+        if envelope is None:
+            return None
+        riders = envelope.riders
+        if riders is not None and self._given < len(riders):
+            self._given += 1
+            return Item.of(riders[self._given - 1])
+        while True:
+            taken = self.pop_at_most(envelope.priority)
+            if taken is None:
+                return None
+            boarded = self._board([taken])
+            if boarded:
+                break
+        if riders is None:
+            riders = envelope.riders = []
+            self._given = 0
+        riders.append(taken)
+        self._given = len(riders)
+        return Item.of(taken)
+
+    def _held(self, gate: Gate) -> bool:
+        """Must the next message wait for its gate? Then the key is held until it may."""
+        host = self.host
+        now = host.now()
+        priority = self.next_priority()
+        waiting = self._size if priority == 0 else 0
+        wait = gate.due(self.knobs, priority, waiting, now, host.flushing)
+        if wait <= EPSILON:
+            return False
+        self.state = HELD
+        host.hold(cast("Cell", self), now + wait)
+        return True
+
+    def _retry_later(self, envelope: Envelope, seconds: float) -> None:
+        """The handler raised `RetryAfter`: the same message (and its riders) runs again
+        after `seconds`; the key waits for it."""
+        host = self.host
+        self.current = None
+        self.put_front(envelope)
+        host.pending += 1
+        now = host.now()
+        gate = self.gate
+        if gate is None:
+            gate = self.gate = Gate(self.knobs, now)
+        gate.pause(seconds, envelope.priority, now)
+        host.outcomes.retry_afters += 1
+        if host.trace:
+            host.log.debug("message_retry_after", key=self.key, seconds=seconds)
 
     # -- timeouts, late handlers ---------------------------------------------------
 

@@ -22,19 +22,32 @@ What happens when, for one incarnation:
 
 from __future__ import annotations
 
+import asyncio
 import inspect
-from typing import TYPE_CHECKING, Any, ClassVar, Protocol, TypeAlias, cast
+from concurrent.futures import Future
+from typing import TYPE_CHECKING, Any, ClassVar, NoReturn, Protocol, TypeAlias, cast
 
 import pykka
 import structlog
 
+from actors._errors import RetryAfter
 from actors._future import LoopFuture
+from actors._knobs import (
+    check_busy,
+    check_debounce,
+    check_interval,
+    check_overflow,
+    check_rate,
+)
 from actors._mailbox import Mailbox
 
 if TYPE_CHECKING:
     from collections.abc import Callable
 
     from pykka._actor import ActorInbox
+
+    from actors._batch import Item
+    from actors._knobs import Debounce, Rate
 
 __all__ = ["Context", "UserActor"]
 
@@ -85,10 +98,19 @@ class UserActor(_ActorBase):
       interrupts then set `ctx.interrupted`, which the handler should check.
     * `decider`: maps a failure to a directive for this class (overrides the
       runtime's `RestartPolicy.decider`).
+    * `busy`, `overflow`, `rate`, `min_interval`, `debounce`: this class's own
+      busy policy, overflow policy, per-key rate limit, spacing between turns and
+      debounce window (`None`: the runtime's). See `Runtime` and the README.
+      Checked when the class is defined.
     """
 
     blocking: ClassVar[bool] = False
     decider: ClassVar[_DeciderAttr | None] = None
+    busy: ClassVar[str | None] = None
+    overflow: ClassVar[str | None] = None
+    rate: ClassVar[Rate | None] = None
+    min_interval: ClassVar[float | None] = None
+    debounce: ClassVar[Debounce | None] = None
     _handler_mode: ClassVar[int] = HANDLER_SYNC
     _async_start: ClassVar[bool] = False
     _async_stop: ClassVar[bool] = False
@@ -109,6 +131,14 @@ class UserActor(_ActorBase):
         cls._async_start = inspect.iscoroutinefunction(cls.on_start)
         cls._async_stop = inspect.iscoroutinefunction(cls.on_stop)
         cls._snapshots = cls.snapshot is not UserActor.snapshot
+        where = f"{cls.__name__}."
+        if cls.busy is not None:
+            check_busy(cls.busy, where + "busy")
+        if cls.overflow is not None:
+            check_overflow(cls.overflow, where + "overflow")
+        check_rate(cls.rate, where + "rate")
+        check_interval(cls.min_interval, where + "min_interval")
+        check_debounce(cls.debounce, where + "debounce")
 
     def __init__(self, key: str | int) -> None:
         # pykka.Actor.__init__ is deliberately not called: it creates a UUID, a
@@ -211,6 +241,10 @@ class _Holder(Protocol):
     current: Any
     host: Any  # has `tell(key, message, **options)`
 
+    def take_new(self) -> list[Item]: ...
+
+    def take_one(self) -> Item | None: ...
+
 
 class Context:
     """What a handler receives besides the message.
@@ -309,5 +343,89 @@ class Context:
             key, message, priority=priority, interrupt=interrupt, clear=clear, ttl=ttl
         )
 
+    # -- steering, rate limits, Retry-After -----------------------------------------
+
+    def take_new(self) -> list[Item]:
+        """Steering: take the key's messages that arrived since this turn started.
+
+        Returns the waiting messages of priority <= this turn's, oldest first (an
+        empty list if none), and removes them from the mailbox: they are this
+        turn's now, and get their outcome with it (handled when it returns, an
+        ask of one resolving with the handler's result; failed or interrupted
+        with it; with a durable store or a cluster, acknowledged with it, and
+        replayed with it after a crash). A retried turn gets back, first, what it
+        had taken before. Callable from a blocking handler's thread too.
+        """
+        cell = self._cell
+        loop = cell.host.loop
+        try:
+            running = asyncio.get_running_loop()
+        except RuntimeError:
+            running = None
+        if running is loop:
+            return cell.take_new()
+        # A blocking handler's thread: the mailbox is the loop's.
+        done: Future[list[Item]] = Future()
+
+        def take() -> None:
+            try:
+                done.set_result(cell.take_new())
+            except BaseException as exc:  # handed to the thread that asked
+                done.set_exception(exc)
+
+        loop.call_soon_threadsafe(take)
+        return done.result()
+
+    async def next_message(self, timeout: float | None = None) -> Item | None:
+        """Steering: wait for the key's next message (of priority <= this turn's) and take it.
+
+        Returns at once if one waits, else when one arrives, or None after
+        `timeout` seconds (of the runtime's clock; `None`: no limit). The message
+        taken rides with this turn, like `take_new()`'s. For async handlers.
+        """
+        if timeout is not None and (
+            isinstance(timeout, bool) or not isinstance(timeout, int | float) or timeout < 0
+        ):
+            msg = f"timeout must be a number of seconds >= 0 or None, got {timeout!r}"
+            raise ValueError(msg)
+        cell: Any = self._cell
+        item: Item | None = cell.take_one()
+        if item is not None or timeout == 0 or cell.current is None:
+            return item
+        host = cell.host
+        wake = host.loop.create_future()
+        timer = None
+        if timeout is not None:
+            timer = host.clock.call_at(host.now() + timeout, _wake, wake)
+        cell._steer = wake
+        try:
+            await wake
+        finally:
+            cell._steer = None
+            if timer is not None:
+                timer.cancel()
+        return cell.take_one()  # type: ignore[no-any-return]
+
+    def retry_after(self, seconds: float) -> NoReturn:
+        """Raise `RetryAfter(seconds)`: this message runs again after `seconds`."""
+        raise RetryAfter(seconds)
+
+    async def limit(self, name: str) -> None:
+        """Wait for a token of the runtime's shared limiter `name` (`Runtime(limits=...)`).
+
+        Waiters are served in arrival order, across every key. Raises `KeyError`
+        (at the call) for a name the runtime was not given.
+        """
+        await self._cell.host.pacing.limiter(name).acquire()
+
+    def now(self) -> float:
+        """The runtime's clock (what `Item.accepted_at` and timeouts are measured on)."""
+        return self._cell.host.now()  # type: ignore[no-any-return]
+
     def __repr__(self) -> str:
         return f"<Context key={self.key!r} priority={self.priority} attempt={self.attempt}>"
+
+
+def _wake(future: asyncio.Future[None]) -> None:
+    if not future.done():
+        future.set_result(None)

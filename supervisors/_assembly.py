@@ -72,6 +72,10 @@ def assemble(
         on_escalate=on_escalate,
         batch=options.batch,
         max_workers=options.max_workers,
+        knobs=options.knobs(),
+        limits=options.limits,
+        dedup_window=options.dedup_window,
+        dedup_max=options.dedup_max,
     )
     core.registry = RegistryActor(core)
     core.supervisor = SupervisorActor(core)

@@ -22,9 +22,18 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import TYPE_CHECKING, Any
 
 from actors._errors import MailboxFull, RuntimeStopped
-from actors._host import PARKED, SUSPENDED, Host
+from actors._host import PARKED, Host
 from actors._mailbox import Envelope
+from supervisors._admission import (
+    check_busy_key,
+    clear_below,
+    drop_incoming,
+    duplicate,
+    make_room,
+    refused_remote,
+)
 from supervisors._checks import check_call
+from supervisors._pacing import Pacing
 from supervisors._snapshots import save
 from supervisors._supervisor import Activate, ChildFailed
 
@@ -35,9 +44,11 @@ if TYPE_CHECKING:
 
     from actors._cell import Cell
     from actors._clock import Clock
+    from actors._knobs import Knobs, Rate
     from actors._outcomes import Outcomes
     from actors._registry import RegistryActor
     from actors._user_actor import UserActor
+    from supervisors._dedup import Dedup
     from supervisors._ingress import Submission
     from supervisors._modes import Journaling, Tracker
     from supervisors._policy import Directive, RestartPolicy
@@ -88,6 +99,10 @@ class _Core(Host):
         on_escalate: Callable[[BaseException], Directive],
         batch: int,
         max_workers: int | None,
+        knobs: Knobs | None = None,
+        limits: dict[str, Rate] | None = None,
+        dedup_window: float = 3600.0,
+        dedup_max: int = 100_000,
     ) -> None:
         self.loop = loop
         self.clock = clock
@@ -141,6 +156,14 @@ class _Core(Host):
         # starts and when it is handled.
         self.tracker: Tracker | None = None
         self.snapshots: Snapshots | None = None
+        pacing = self.pacing = Pacing(self, factory, clock, loop, knobs, limits)
+        self.default_knobs = pacing.default_knobs
+        self.room_waiters = pacing.room_waiters  # the same dict: the turn reads it per message
+        self.flushing = False  # the stop's drain: debounce windows close at once
+        self.dedup_window = dedup_window
+        self.dedup_max = dedup_max
+        self.dedup: Dedup | None = None  # created by the first message with a msg_id
+        self.overflowed = 0  # messages dropped for room ("overflow")
 
     def _context_tell(self, key: Any, message: Any, **options: Any) -> None:
         self.handler_tell(
@@ -163,11 +186,14 @@ class _Core(Host):
         clear: Any,
         reply_to: Any,
         ttl: Any = None,
+        msg_id: Any = None,
     ) -> None:
         """Accept one message for `key`, or raise without enqueuing anything."""
         if not self.accepting:
             raise RuntimeStopped(self.refusal)
         check_call(key, priority, interrupt, clear, ttl)
+        if msg_id is not None and duplicate(self, key, msg_id, reply_to):
+            return
         cell = self.cells.get(key)
         # Messages in transit from other threads hold room they reserved at their call site.
         size = 0
@@ -175,18 +201,24 @@ class _Core(Host):
             tokens = self.transit.get(key)
             if tokens is not None:
                 size = len(tokens)
+        room = True
         if cell is not None:
             size += cell._size
+            if not cell.plain:
+                check_busy_key(cell, priority)
         if size >= self.max_pending:
-            raise MailboxFull(key, self.max_pending)
+            room = make_room(self, cell, key, priority)
         if self.max_total_pending is not None:
             self._check_total(key)
         durable = self.durable
         # Encoded before anything is accepted: an unencodable message is refused here.
-        record = None if durable is None else durable.encode(key, message, priority, ttl)
+        record = None if durable is None else durable.encode(key, message, priority, ttl, msg_id)
+        if not room:
+            drop_incoming(self, key, message, priority, reply_to, record)
+            return
         if cell is None:
             cell = self.registry.open(key)
-        self.enqueue(cell, message, priority, interrupt, clear, reply_to, ttl, record)
+        self.enqueue(cell, message, priority, interrupt, clear, reply_to, ttl, record, msg_id)
 
     def enqueue(
         self,
@@ -198,6 +230,7 @@ class _Core(Host):
         reply_to: Any,
         ttl: float | None,
         record: bytes | None = None,
+        msg_id: str | None = None,
     ) -> None:
         """Accept a validated message whose room is known to be there (it may be reserved).
 
@@ -205,6 +238,9 @@ class _Core(Host):
         """
         envelope = Envelope(message, reply_to, priority, self.now())
         self.accepted += 1
+        if msg_id is not None:
+            envelope.msg_id = msg_id
+            self.dedup.accepted(cell.key, msg_id)  # type: ignore[union-attr]
         if record is not None:
             self.durable.record(envelope, cell.key, record)  # type: ignore[union-attr]
         if reply_to is not None:
@@ -216,7 +252,7 @@ class _Core(Host):
         if ttl is not None:
             envelope.expiry = self.clock.call_at(envelope.accepted_at + ttl, cell.expire, envelope)
         if clear:
-            self._clear_below(cell, priority)
+            clear_below(self, cell, priority)
         if interrupt and cell.current is not None and not cell.interrupt(priority) and self.trace:
             self.log.debug(
                 "interrupt_ignored",
@@ -238,6 +274,7 @@ class _Core(Host):
         seq: int,
         attempt: int,
         redelivered: bool,
+        msg_id: str | None = None,
     ) -> None:
         """Accept a message this node read from its shard's stream (cluster mode).
 
@@ -252,17 +289,20 @@ class _Core(Host):
         envelope.seq = seq
         envelope.attempt = attempt
         envelope.redelivered = redelivered
+        envelope.msg_id = msg_id  # for `Item.msg_id`: the cluster deduplicates in Redis
         self.accepted += 1
         if reply_to is not None:
             reply_to._cell = cell
         if cell.state is PARKED:
             self.outcomes.on_dropped(key, envelope, "parked")
             return
+        if not cell.plain and refused_remote(self, cell, envelope):
+            return
         self.pending += 1
         if ttl is not None:
             envelope.expiry = self.clock.call_at(envelope.accepted_at + ttl, cell.expire, envelope)
         if clear:
-            self._clear_below(cell, priority)
+            clear_below(self, cell, priority)
         if interrupt and cell.current is not None:
             cell.interrupt(priority)
         cell.deliver(envelope)
@@ -279,6 +319,18 @@ class _Core(Host):
             cell = self.cells.get(item.key)
             if cell is None:
                 cell = self.registry.open(item.key)
+            full = not cell.plain and cell._size >= self.max_pending  # a drop policy's
+            if full and not make_room(self, cell, item.key, item.priority):
+                drop_incoming(
+                    self, item.key, item.message, item.priority, item.reply_to, item.record
+                )
+                if item.receipt is not None:
+                    self.durable.chain(item.receipt)  # type: ignore[union-attr]
+                return
+            if item.msg_id is not None and duplicate(self, item.key, item.msg_id, item.reply_to):
+                if item.receipt is not None and self.durable is not None:
+                    self.durable.chain(item.receipt)
+                return
             self.enqueue(
                 cell,
                 item.message,
@@ -288,6 +340,7 @@ class _Core(Host):
                 item.reply_to,
                 item.ttl,
                 item.record,
+                item.msg_id,
             )
         else:
             self.drop_late(item.key, item.message, item.priority, item.reply_to, item.record)
@@ -335,14 +388,6 @@ class _Core(Host):
         limit = self.max_total_pending
         if limit is not None and self.pending + self.ingress_size() >= limit:
             raise MailboxFull(key, limit, scope="runtime")
-
-    def _clear_below(self, cell: Cell, priority: int) -> None:
-        dropped = cell.mailbox.take_below(priority)
-        if cell.state is SUSPENDED:  # the failed message may come back for a retry
-            cell.clear_mark = max(cell.clear_mark, priority)
-        self.pending -= len(dropped)
-        for envelope in dropped:
-            self.outcomes.on_dropped(cell.key, envelope, "cleared", envelope.attempt - 1)
 
     def tell(self, key: Any, message: Any, **options: Any) -> None:
         """`Context.tell`, through the runtime: blocking handlers run on pool threads."""
@@ -412,6 +457,15 @@ class _Core(Host):
 
     def journal_handled(self, envelope: Envelope) -> None:
         self.tracker.ack(envelope)  # type: ignore[union-attr]
+
+    def hold(self, cell: Cell, due: float) -> None:
+        self.pacing.holds.hold(cell, due)
+
+    def knobs_for(self, actor_type: type) -> Knobs:
+        return self.pacing.knobs_for(actor_type)
+
+    def room_made(self, cell: Cell) -> None:
+        self.pacing.room_made(cell)
 
     def save_snapshot(self, cell: Cell, actor: UserActor) -> None:
         if self.snapshots is not None:

@@ -60,6 +60,7 @@ class Submission(NamedTuple):
     internal: bool  # a handler's `ctx.tell`: accepted while the runtime drains for a stop
     record: bytes | None  # its journal record (encoded at the call site), with a durable store
     receipt: Future[None] | None  # an awaitable `send`'s: resolved once it is durable
+    msg_id: str | None  # deduplicated on the loop
 
 
 class Ingress:
@@ -113,6 +114,7 @@ class Ingress:
         internal: bool,
         record: bytes | None = None,
         receipt: Future[None] | None = None,
+        msg_id: str | None = None,
     ) -> None:
         """Reserve room for one validated call and queue it for the loop (any thread).
 
@@ -131,7 +133,9 @@ class Ingress:
         if cell is not None:
             reserved += len(cell)
         if reserved >= core.max_pending:
-            raise MailboxFull(key, core.max_pending)
+            knobs = cell.knobs if cell is not None else core.default_knobs
+            if knobs.overflow == "reject":  # a drop policy makes room on the loop
+                raise MailboxFull(key, core.max_pending)
         limit = core.max_total_pending
         if limit is not None and core.pending + len(self._items) >= limit:
             raise MailboxFull(key, limit, scope="runtime")
@@ -141,7 +145,19 @@ class Ingress:
         # tuple.__new__: a NamedTuple's own constructor is a Python function, 5x slower.
         item = _new(
             Submission,
-            (key, message, priority, interrupt, clear, reply_to, ttl, internal, record, receipt),
+            (
+                key,
+                message,
+                priority,
+                interrupt,
+                clear,
+                reply_to,
+                ttl,
+                internal,
+                record,
+                receipt,
+                msg_id,
+            ),
         )
         self._items.append(item)
         if self._closed:  # close() ran meanwhile: did it take this item, or not?

@@ -19,8 +19,9 @@ from concurrent.futures import Future
 from threading import get_ident
 from typing import TYPE_CHECKING, Any
 
-from actors._errors import RuntimeStopped
+from actors._errors import MailboxFull, RuntimeStopped
 from actors._future import LoopFuture
+from supervisors._admission import check_busy_key
 from supervisors._checks import check_call
 from supervisors.cluster._port import check_msg_id
 
@@ -33,6 +34,11 @@ if TYPE_CHECKING:
     from supervisors.durable._journaling import Durable
 
 __all__ = ["Messaging", "not_started"]
+
+
+def _settle(room: Future[None]) -> None:
+    if not room.done():
+        room.set_result(None)
 
 
 def not_started(*_: Any) -> None:
@@ -83,9 +89,13 @@ class Messaging:
                 counting messages other threads have in transit.
             RuntimeStopped: the runtime is not running.
 
-        `msg_id` (a str, e.g. the platform's update id) makes a duplicate a no-op in
-        cluster mode, within the cluster's dedup window; it is checked, and otherwise
-        unused, in one process.
+        `msg_id` (a str of 1 to 200 characters, e.g. the platform's update id)
+        makes a duplicate a no-op: a message whose id is still waiting, running,
+        or got its outcome within the dedup window is not accepted again (in
+        every mode; see the README, "Deduplication").
+
+        Raises `KeyBusy` (nothing enqueued) for a normal message to a busy key
+        whose class says `busy="reject"`.
         """
         if msg_id is None and get_ident() == self._loop_thread:
             self._accept(key, message, priority, interrupt, clear, None, ttl)
@@ -102,6 +112,7 @@ class Messaging:
         clear: bool = False,
         ttl: float | None = None,
         msg_id: str | None = None,
+        timeout: float | None = None,
     ) -> None:
         """Like `tell`, and return only once the message is durable (its batch committed).
 
@@ -111,20 +122,77 @@ class Messaging:
         `JournalError` if the journal could not commit it (the message may
         still be handled by this process, but will not survive it). In cluster mode it
         returns once Redis has the message.
+
+        A full mailbox does not raise here (in one process): `send` waits for room,
+        for a producer that prefers to slow down, and raises `MailboxFull` only if
+        there is still none after `timeout` seconds (`None`: wait as long as it takes).
         """
         if self._port is not None:
             await self._port.send(key, message, priority, interrupt, clear, ttl, msg_id)
             return
         check_msg_id(msg_id)
+        if timeout is not None and (
+            isinstance(timeout, bool) or not isinstance(timeout, int | float) or timeout < 0
+        ):
+            msg = f"timeout must be a number of seconds >= 0 or None, got {timeout!r}"
+            raise ValueError(msg)
+        deadline = None if timeout is None else asyncio.get_running_loop().time() + timeout
+        while True:
+            try:
+                await self._send_once(key, message, priority, interrupt, clear, ttl, msg_id)
+            except MailboxFull as full:
+                if full.scope != "key":
+                    raise
+                await self._wait_room(key, deadline, full)
+                continue
+            return
+
+    async def _wait_room(self, key: Any, deadline: float | None, full: MailboxFull) -> None:
+        """Wait until a message leaves `key`'s mailbox; past `deadline`, raise `full`."""
+        core = self._core
+        loop = self._loop
+        if core is None or loop is None:
+            raise full
+        room: asyncio.Future[None] | Future[None]
         if get_ident() == self._loop_thread:
-            self._accept(key, message, priority, interrupt, clear, None, ttl)
+            room = core.pacing.wait_room(key)
+        else:
+            room = Future()
+
+            def ask_room() -> None:
+                core.pacing.wait_room(key).add_done_callback(lambda _: _settle(room))
+
+            loop.call_soon_threadsafe(ask_room)
+        remaining = None
+        if deadline is not None:
+            remaining = deadline - asyncio.get_running_loop().time()
+            if remaining <= 0:
+                raise full
+        waited = room if isinstance(room, asyncio.Future) else asyncio.wrap_future(room)
+        try:
+            await asyncio.wait_for(waited, remaining)
+        except TimeoutError:
+            raise full from None
+
+    async def _send_once(
+        self,
+        key: Any,
+        message: Any,
+        priority: Any,
+        interrupt: Any,
+        clear: Any,
+        ttl: Any,
+        msg_id: Any,
+    ) -> None:
+        if get_ident() == self._loop_thread:
+            self._accept(key, message, priority, interrupt, clear, None, ttl, msg_id)
             durable = self._durable
             committed = durable.receipt() if durable is not None else None
             if committed is not None:
                 await asyncio.wrap_future(committed)
             return
         receipt: Future[None] | None = Future() if self._durable is not None else None
-        self._submit(key, message, priority, interrupt, clear, None, ttl, False, receipt)
+        self._submit(key, message, priority, interrupt, clear, None, ttl, False, receipt, msg_id)
         if receipt is not None:
             await asyncio.wrap_future(receipt)
 
@@ -172,9 +240,11 @@ class Messaging:
             return
         check_msg_id(msg_id)
         if get_ident() == self._loop_thread:
-            self._accept(key, message, priority, interrupt, clear, reply_to, ttl)
+            self._accept(key, message, priority, interrupt, clear, reply_to, ttl, msg_id)
         else:
-            self._submit(key, message, priority, interrupt, clear, reply_to, ttl, False)
+            self._submit(
+                key, message, priority, interrupt, clear, reply_to, ttl, False, None, msg_id
+            )
 
     def _submit(
         self,
@@ -187,6 +257,7 @@ class Messaging:
         ttl: Any,
         internal: bool,
         receipt: Future[None] | None = None,
+        msg_id: str | None = None,
     ) -> None:
         """A call from another thread: validated (and encoded, with a store) here, room
         reserved, handed to the loop."""
@@ -194,14 +265,27 @@ class Messaging:
         ingress = self._ingress
         if ingress is None:
             not_started()
+        core: _Core = self._core  # type: ignore[assignment]
+        if core.pacing.rejecting:  # a racy read of the loop's cell, the best a thread can do
+            check_busy_key(core.cells.get(key), priority)
         # A handler's own messages still go in while the runtime stops (see _Core.handler_tell).
         if self._state != "running" and not (internal and self._state == "stopping"):
             msg = f"the runtime is {self._state}: it accepts no messages"
             raise RuntimeStopped(msg)
         durable = self._durable
-        record = None if durable is None else durable.encode(key, message, priority, ttl)
+        record = None if durable is None else durable.encode(key, message, priority, ttl, msg_id)
         ingress.submit(  # type: ignore[union-attr]
-            key, message, priority, interrupt, clear, reply_to, ttl, internal, record, receipt
+            key,
+            message,
+            priority,
+            interrupt,
+            clear,
+            reply_to,
+            ttl,
+            internal,
+            record,
+            receipt,
+            msg_id,
         )
 
     def _context_tell(

@@ -19,6 +19,7 @@ if TYPE_CHECKING:
     from concurrent.futures import Future
 
     from actors._mailbox import Envelope
+    from supervisors._dedup import Dedup
 
 __all__ = ["Journaling", "Tracker"]
 
@@ -37,9 +38,19 @@ class Tracker(Protocol):
 class Journaling(Protocol):
     """How the router journals what it accepts, with a durable store."""
 
-    def encode(self, key: str | int, message: Any, priority: int, ttl: float | None) -> bytes:
+    def encode(
+        self,
+        key: str | int,
+        message: Any,
+        priority: int,
+        ttl: float | None,
+        msg_id: str | None = None,
+    ) -> bytes:
         """The journal record of a message about to be accepted (any thread); raises
         `CodecError` for one the codec cannot encode, and the message is refused."""
+
+    def load_window(self, dedup: Dedup) -> None:
+        """Fill a new dedup window with the ids kept across restarts; keep the new ones."""
 
     def record(self, envelope: Envelope, key: str | int, data: bytes) -> None:
         """Journal an accepted envelope (with the loop pass's batch)."""

@@ -6,6 +6,7 @@ import math
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, final
 
+from actors._knobs import Knobs, Rate, check_busy, check_interval, check_overflow, check_rate
 from actors._user_actor import UserActor
 from supervisors._policy import RestartPolicy
 
@@ -31,6 +32,17 @@ class RuntimeOptions:
     batch: int
     max_deliveries: int = 5
     slow_handler: float | None = 60.0
+    busy: str = "queue"
+    overflow: str = "reject"
+    rate: Rate | None = None
+    min_interval: float | None = None
+    limits: dict[str, Rate] | None = None
+    dedup_window: float = 3600.0
+    dedup_max: int = 100_000
+
+    def knobs(self) -> Knobs:
+        """The runtime's busy, overflow and rate settings (a class may override each)."""
+        return Knobs(self.busy, self.overflow, self.rate, self.min_interval)
 
     def __post_init__(self) -> None:
         factory: Any = self.actor_factory
@@ -64,6 +76,28 @@ class RuntimeOptions:
         ):
             msg = f"slow_handler must be a number of seconds > 0 or None, got {slow!r}"
             raise ValueError(msg)
+        check_busy(self.busy)
+        check_overflow(self.overflow)
+        check_rate(self.rate)
+        object.__setattr__(self, "min_interval", check_interval(self.min_interval))
+        limits = self.limits
+        if limits is not None:
+            if not isinstance(limits, dict) or not all(
+                isinstance(name, str) and name and isinstance(rate, Rate)
+                for name, rate in limits.items()
+            ):
+                msg = f"limits must be a dict of names (str) to Rate, got {limits!r}"
+                raise TypeError(msg)
+            object.__setattr__(self, "limits", dict(limits))
+        window = self.dedup_window
+        if (
+            isinstance(window, bool)
+            or not isinstance(window, int | float)
+            or not 0 < window < math.inf
+        ):
+            msg = f"dedup_window must be a number of seconds > 0, got {window!r}"
+            raise ValueError(msg)
+        _positive_int("dedup_max", self.dedup_max)
         if self.restart is not None and not isinstance(self.restart, RestartPolicy):
             msg = f"restart must be a RestartPolicy, got {self.restart!r}"
             raise TypeError(msg)

@@ -63,6 +63,7 @@ if TYPE_CHECKING:
     from types import TracebackType
 
     from actors._clock import Clock
+    from actors._knobs import Rate
     from actors._outcomes import DeadLetter
     from actors._user_actor import UserActor
     from actors.journal._codec import Codec
@@ -110,6 +111,20 @@ class Runtime(Introspection):
         slow_handler: seconds after which a handler still running is logged (WARNING
             `handler_slow`, once per message) and shown first in `stats()["running_by_key"]`;
             `None` turns the log off. No effect with a `handler_timeout` that is not longer.
+        busy: what a normal message that arrives while its key's handler runs does:
+            `"queue"` (one turn each, in order), `"collect"` (the next turn gets all that
+            waited as one `Batch`), `"interrupt"` (the running turn is cut short, the
+            newest runs, older waiting ones end `Dropped("superseded")`), `"reject"`
+            (`tell`/`ask` raise `KeyBusy`). A class's `busy` attribute overrides it.
+        overflow: a full mailbox (`max_pending`): `"reject"` (`MailboxFull`),
+            `"drop_oldest"` or `"drop_newest"` (the dropped message ends
+            `Dropped("overflow")`, never a priority one to make room for a normal one).
+        rate: a per-key `Rate` (token bucket) for normal messages' turns: a limited key's
+            next turn waits, no other key does. `min_interval`: seconds between two turns
+            of a key. A class's `rate` / `min_interval` attributes override them.
+        limits: named shared `Rate`s, for platform-wide limits: `await ctx.limit(name)`.
+        dedup_window, dedup_max: how long (seconds) and how many handled `msg_id`s are
+            remembered; a message whose id is remembered is a duplicate, not accepted.
     """
 
     def __init__(
@@ -133,6 +148,13 @@ class Runtime(Introspection):
         codec: Codec | None = None,
         cluster: RedisCluster | None = None,
         slow_handler: float | None = 60.0,
+        busy: str = "queue",
+        overflow: str = "reject",
+        rate: Rate | None = None,
+        min_interval: float | None = None,
+        limits: dict[str, Rate] | None = None,
+        dedup_window: float = 3600.0,
+        dedup_max: int = 100_000,
     ) -> None:
         self._options = RuntimeOptions(
             actor_factory,
@@ -146,6 +168,13 @@ class Runtime(Introspection):
             batch=batch,
             max_deliveries=max_deliveries,
             slow_handler=slow_handler,
+            busy=busy,
+            overflow=overflow,
+            rate=rate,
+            min_interval=min_interval,
+            limits=limits,
+            dedup_window=dedup_window,
+            dedup_max=dedup_max,
         )
         self._policy = restart if restart is not None else RestartPolicy()
         self._on_escalate = on_escalate or _stop_on_escalate

@@ -35,7 +35,7 @@ from typing import TYPE_CHECKING, Any, final
 
 from actors._errors import StopFromHandler
 from actors._future import LoopFuture
-from actors._host import STOPPING
+from actors._host import HELD, STOPPING
 from supervisors._core import CLOSING, STOPPED
 from supervisors._quiescence import wait_idle
 
@@ -126,6 +126,8 @@ async def shutdown(
 ) -> ShutdownSummary:
     end = started + timeout + SHUTDOWN_GRACE
     ingress.drain()  # hand-overs that returned before the stop: accepted (or dropped)
+    if drain:
+        _flush_windows(core)
     drained = await _drain(core, timeout) if drain else core.pending == 0
     core.phase = CLOSING
     core.supervisor.close()
@@ -211,6 +213,7 @@ def _close(core: _Core, refusal: str) -> None:
     core.refusal = refusal
     if core.slow is not None:
         core.slow.close()
+    core.pacing.close()
     core.supervisor.actor_ref.stop(block=False)
     core.registry.actor_ref.stop(block=False)
     core.shutdown_executor()
@@ -231,6 +234,15 @@ async def _drain(core: _Core, timeout: float) -> bool:
     except TimeoutError:
         return False
     return True
+
+
+def _flush_windows(core: _Core) -> None:
+    """The drain begins: open debounce windows are delivered now, not at their time (a
+    rate limit or a Retry-After pause is still honoured, within the drain's timeout)."""
+    core.flushing = True
+    for cell in list(core.cells.values()):
+        if cell.state is HELD:
+            cell.release()
 
 
 def _drop_everything(core: _Core, *, cancel: bool = True) -> int:

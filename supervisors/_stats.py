@@ -9,6 +9,8 @@ from __future__ import annotations
 import heapq
 from typing import TYPE_CHECKING, Any
 
+from actors._host import HELD
+
 if TYPE_CHECKING:
     from actors._cell import Cell
     from supervisors._core import _Core
@@ -35,6 +37,10 @@ _COUNTS = (
     "activations",
     "idle_stops",
     "replayed",
+    "duplicates",
+    "overflowed",
+    "held",
+    "retry_afters",
 )
 
 
@@ -43,6 +49,10 @@ def stats_of(core: _Core | None, state: str, durable: Durable | None = None) -> 
 
     With a durable store, `journal` holds the journal's counters; `replayed`
     counts the messages replayed from it at start (0 without a store).
+    `duplicates` counts messages not accepted for their `msg_id` (in one process; a
+    cluster counts its own in `cluster`), `overflowed` those dropped for room, `held`
+    the keys whose gate holds their next turn (a rate, a debounce window, a
+    Retry-After pause), `retry_afters` the handlers that raised `RetryAfter`.
     `running_by_key` maps the keys of the 20 handlers that have run longest
     (in flight, or overrunning a timeout) to their running time in seconds,
     longest first: where a stuck handler shows.
@@ -83,6 +93,10 @@ def stats_of(core: _Core | None, state: str, durable: Durable | None = None) -> 
         "activations": core.activations,
         "idle_stops": core.idle_stops,
         "replayed": durable.replayed if durable is not None else 0,
+        "duplicates": core.dedup.duplicates if core.dedup is not None else 0,
+        "overflowed": core.overflowed,
+        "held": sum(1 for c in cells if c.state is HELD),
+        "retry_afters": out.retry_afters,
         "wait_ms": wait_ms,
         "run_ms": run_ms,
     } | ({"journal": durable.stats()} if durable is not None else {})

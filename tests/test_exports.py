@@ -242,7 +242,20 @@ def test_the_dev_extra_brings_what_the_tests_import() -> None:
 # -- the rooms and their imports ------------------------------------------------------
 
 #: The core of the supervisors package: the router and its parts (the facade is the rest).
-CORE = {"_checks", "_core", "_ingress", "_modes", "_policy", "_slow", "_snapshots", "_supervisor"}
+CORE = {
+    "_admission",
+    "_checks",
+    "_core",
+    "_dedup",
+    "_holds",
+    "_ingress",
+    "_modes",
+    "_pacing",
+    "_policy",
+    "_slow",
+    "_snapshots",
+    "_supervisor",
+}
 
 
 def _room(module: str) -> str:

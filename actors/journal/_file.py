@@ -35,7 +35,16 @@ __all__ = [
 ]
 
 #: The schema version written in `PRAGMA user_version`; other versions are refused.
-SCHEMA_VERSION: Final = 1
+SCHEMA_VERSION: Final = 2
+
+# Version 2 added the `seen` table (the deduplication window's ids); a version-1
+# journal is upgraded in place when it is opened.
+_UPGRADES: Final = {
+    1: (
+        "CREATE TABLE seen (msg_id TEXT PRIMARY KEY, at REAL NOT NULL)",
+        "CREATE INDEX seen_at ON seen (at)",
+    ),
+}
 
 #: `PRAGMA application_id` of an inorder journal ("inOr"), which tells it from
 #: any other SQLite database.
@@ -52,6 +61,7 @@ _SCHEMA: Final = (
     " reason TEXT NOT NULL, added_at REAL NOT NULL)",
     "CREATE TABLE meta (name TEXT PRIMARY KEY, value INTEGER NOT NULL)",
     "INSERT INTO meta VALUES ('next_seq', 1), ('next_dead_letter', 1)",
+    *_UPGRADES[1],
 )
 
 Sync = Literal["normal", "full"]
@@ -175,6 +185,13 @@ def open_checked(path: str, sync: Sync) -> sqlite3.Connection:
                 f"(application_id {app_id:#x})",
             )
         version = db.execute("PRAGMA user_version").fetchone()[0]
+        if version in _UPGRADES:
+            db.execute("BEGIN IMMEDIATE")
+            for statement in _UPGRADES[version]:
+                db.execute(statement)
+            db.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
+            db.execute("COMMIT")
+            version = SCHEMA_VERSION
         if version != SCHEMA_VERSION:
             raise open_error(
                 path,

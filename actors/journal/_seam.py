@@ -13,7 +13,10 @@ per key in their original order (DESIGN §3 G11, §8). The seam has four parts:
   message that ended as a dead letter, atomically with its ack if asked;
 * **replay**: `pending` lists the unacknowledged messages in acceptance order;
 * **snapshot**: `save_snapshot`, `load_snapshot`, `drop_snapshot` keep one blob of
-  actor state per key.
+  actor state per key;
+* **deduplication** (optional): `remember_ids` and `remembered_ids` keep the ids of
+  messages that got their outcome, so that the window outlives a restart. A journal
+  without them is used all the same; its runtime's window then starts empty.
 
 Sequence numbers increase strictly in the order of the `append` calls (across
 threads: whichever call takes the journal's lock first gets the smaller number), and

@@ -73,6 +73,7 @@ from actors.journal._writer import (
     BARRIER,
     DEAD_ADD,
     DEAD_REMOVE,
+    SEEN,
     SNAP,
     START,
     JournalWriter,
@@ -267,6 +268,25 @@ class SQLiteJournal(JournalWriter):
         with self._lock:
             self._check_open()
             return self._enqueue_locked(DEAD_REMOVE, items)
+
+    def remember_ids(
+        self, ids: Sequence[tuple[str, float]], *, forget_before: float | None = None
+    ) -> Future[None]:
+        """Keep message ids of the deduplication window, each with its wall-clock time;
+        with `forget_before`, forget those older than that (in the same commit)."""
+        items = [(str(i), float(at)) for i, at in ids]
+        with self._lock:
+            self._check_open()
+            return self._enqueue_locked(SEEN, (items, forget_before))
+
+    def remembered_ids(self, since: float, limit: int) -> list[tuple[str, float]]:
+        """The newest `limit` ids kept at `since` or later, oldest first (waits for the
+        queued writes first)."""
+        self.flush()
+        rows = self._read(
+            "SELECT msg_id, at FROM seen WHERE at >= ? ORDER BY at DESC LIMIT ?", (since, limit)
+        )
+        return [(str(i), float(at)) for i, at in reversed(rows)]
 
     def flush(self, timeout: float | None = None) -> None:
         """Wait until everything queued before this call is committed.

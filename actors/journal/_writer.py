@@ -52,6 +52,7 @@ SNAP: Final = 3  # payload: (key, data | None, generation)
 DEAD_ADD: Final = 4  # payload: (id, key, data, reason, added_at, ack_seq | None)
 DEAD_REMOVE: Final = 5  # payload: list[id]
 BARRIER: Final = 6  # payload: None (flush)
+SEEN: Final = 7  # payload: (list[(msg_id, at)], forget_before)
 
 _Op = tuple[int, Any, "Future[None] | None"]
 
@@ -256,6 +257,8 @@ def commit_batch(db: sqlite3.Connection, batch: list[_Op]) -> bool:
     snapshots: dict[Key, bytes | None] = {}
     dead_adds: dict[int, tuple[Any, ...]] = {}
     dead_removes: list[int] = []
+    seen: dict[str, float] = {}
+    forget_before: float | None = None
     max_seq = 0
     max_dead = 0
 
@@ -293,8 +296,16 @@ def commit_batch(db: sqlite3.Connection, batch: list[_Op]) -> bool:
                 acknowledge(ack_seq)
         elif kind == DEAD_REMOVE:
             dead_removes.extend(i for i in payload if dead_adds.pop(i, None) is None)
+        elif kind == SEEN:
+            ids, before = payload
+            seen.update(ids)
+            if before is not None:
+                forget_before = before if forget_before is None else max(forget_before, before)
 
-    if not (max_seq or starts or deletes or snapshots or max_dead or dead_removes):
+    if (
+        not (max_seq or starts or deletes or snapshots or max_dead or dead_removes or seen)
+        and forget_before is None
+    ):
         return False  # only barriers (flush), or starts that their acks cancelled
     db.execute("BEGIN IMMEDIATE")
     if inserts:
@@ -321,6 +332,10 @@ def commit_batch(db: sqlite3.Connection, batch: list[_Op]) -> bool:
         db.executemany("DELETE FROM dead_letters WHERE id = ?", [(i,) for i in dead_removes])
     if max_dead:
         db.execute("UPDATE meta SET value = ? WHERE name = 'next_dead_letter'", (max_dead + 1,))
+    if forget_before is not None:
+        db.execute("DELETE FROM seen WHERE at < ?", (forget_before,))
+    if seen:
+        db.executemany("INSERT OR REPLACE INTO seen VALUES (?, ?)", seen.items())
     db.execute("COMMIT")
     return True
 
@@ -329,4 +344,6 @@ def _rows(kind: int, payload: Any) -> int:
     """How many rows an operation writes, roughly: what `batch_max` counts."""
     if kind in (APPEND, ACK, START, DEAD_REMOVE):
         return max(len(payload), 1)
+    if kind == SEEN:
+        return max(len(payload[0]), 1)
     return 1

@@ -430,4 +430,5 @@ class Reader(NodeState):
             seq,
             attempt,
             redelivered,
+            msg_id or None,
         )

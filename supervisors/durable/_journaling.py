@@ -34,6 +34,7 @@ from typing import TYPE_CHECKING, Any
 from actors._errors import CodecError, Dropped, JournalError, RecordedError
 from actors._mailbox import Envelope
 from actors._outcomes import DeadLetter
+from supervisors._admission import open_window
 
 if TYPE_CHECKING:
     import asyncio
@@ -42,6 +43,7 @@ if TYPE_CHECKING:
     from actors.journal._codec import Codec
     from actors.journal._seam import Journal
     from supervisors._core import _Core
+    from supervisors._dedup import Dedup
 
 __all__ = ["Durable"]
 
@@ -63,8 +65,11 @@ class Durable:
         "_loop",
         "_records",
         "_scheduled",
+        "_seen",
+        "_seen_since_trim",
         "_starts",
         "_waiting",
+        "_window",
         "broken",
         "closed",
         "codec",
@@ -85,6 +90,9 @@ class Durable:
         self._waiting: list[Envelope | None] = []  # who gets each record's seq (None: kept)
         self._starts: list[int] = []
         self._acks: list[int] = []
+        self._seen: list[tuple[str, float]] = []  # msg_ids that got their outcome
+        self._seen_since_trim = 0
+        self._window = 3600.0
         self._scheduled = False
         self._last: Future[None] | None = None  # the commit of the last append
         self.broken: BaseException | None = None
@@ -94,7 +102,14 @@ class Durable:
 
     # -- accepting ---------------------------------------------------------------------
 
-    def encode(self, key: str | int, message: Any, priority: int, ttl: float | None) -> bytes:
+    def encode(
+        self,
+        key: str | int,
+        message: Any,
+        priority: int,
+        ttl: float | None,
+        msg_id: str | None = None,
+    ) -> bytes:
         """The journal record of a message about to be accepted (any thread).
 
         Raises `CodecError` for a message the codec cannot encode or that is too
@@ -109,6 +124,7 @@ class Durable:
             message,
             priority=priority,
             accepted_at=now,
+            msg_id=msg_id,
             expires_at=None if ttl is None else now + ttl,
         )
 
@@ -160,6 +176,16 @@ class Durable:
             if self._starts:
                 starts, self._starts = self._starts, []
                 journal.mark_started(starts)
+            if self._seen:
+                # Before the acks: a crash between the two leaves an id remembered and its
+                # message pending (replayed, as ever), never a message gone and its id not.
+                seen, self._seen = self._seen, []
+                self._seen_since_trim += len(seen)
+                forget = None
+                if self._seen_since_trim >= 1000:  # trim the table now and then, not per pass
+                    self._seen_since_trim = 0
+                    forget = _wall() - self._window
+                journal.remember_ids(seen, forget_before=forget)  # type: ignore[attr-defined]
             if self._acks:
                 acks, self._acks = self._acks, []
                 journal.ack(acks)
@@ -268,6 +294,33 @@ class Durable:
         except JournalError as exc:
             self._broke(exc)
 
+    # -- deduplication -----------------------------------------------------------------
+
+    def load_window(self, dedup: Dedup) -> None:
+        """Give the runtime's new dedup window the ids this journal remembers, and journal
+        the ids that get their outcome from now on. A journal without the optional
+        `remember_ids`/`remembered_ids` keeps no window across restarts."""
+        if not hasattr(self.journal, "remembered_ids"):
+            return
+        self._window = dedup.window
+        now_wall = _wall()
+        now = dedup._now()
+        try:
+            kept = self.journal.remembered_ids(now_wall - dedup.window, dedup.max_ids)
+        except JournalError as exc:
+            self._broke(exc)
+            return
+        for msg_id, at in kept:
+            if msg_id not in dedup._pending:  # a replayed message still pending stays so
+                dedup.remember(msg_id, now - (now_wall - at))
+        dedup.keep = self.seen
+
+    def seen(self, msg_id: str) -> None:
+        """A message with `msg_id` got its outcome: journal its id with this pass."""
+        if not self.closed:
+            self._seen.append((msg_id, _wall()))
+            self._schedule()
+
     # -- replay ------------------------------------------------------------------------
 
     def restore_dead_letters(self, limit: int) -> list[DeadLetter]:
@@ -319,6 +372,9 @@ class Durable:
         now_wall = _wall()
         now = core.now()
         outcomes = core.outcomes
+        # The window first, loaded from the journal: a replayed message's later copies
+        # are duplicates of it.
+        dedup = open_window(core) if self.remembers() else None
         for pending in self.journal.pending():
             try:
                 record = self.codec.decode_envelope(pending.data)
@@ -329,6 +385,8 @@ class Durable:
             envelope.seq = pending.seq
             envelope.attempt = pending.attempts + 1
             envelope.redelivered = True
+            if record.msg_id is not None:
+                envelope.msg_id = record.msg_id
             core.accepted += 1
             count += 1
             key = record.key
@@ -350,11 +408,17 @@ class Durable:
                 due = now + (record.expires_at - now_wall)
                 envelope.expiry = core.clock.call_at(due, cell.expire, envelope)
             core.pending += 1
+            if envelope.msg_id is not None and dedup is not None:
+                dedup.accepted(key, envelope.msg_id)
             cell.deliver(envelope)
         self.replayed += count
         if count:
             core.log.info("messages_replayed", count=count)
         return count
+
+    def remembers(self) -> bool:
+        """Whether the journal keeps the dedup window's ids across restarts."""
+        return hasattr(self.journal, "remembered_ids")
 
     def _undecodable(
         self, core: _Core, key: str | int, seq: int, data: bytes, error: CodecError
