@@ -152,6 +152,13 @@ class Cell(Turn):
             and self._size >= debounce.max_batch
         )
 
+    def _open_gate(self) -> None:
+        """A gated class's first incarnation of the key (a factory's class is known only
+        now): what waits already counts, as if the gate had seen it arrive."""
+        gate = self.gate = Gate(self.knobs, self.host.now())
+        if self.knobs.debounce is not None:
+            self._reopen_window(gate)
+
     def release(self) -> None:
         """The host's wake-up for a held key: its gate's time has come (the gate decides)."""
         if self.state is HELD:
@@ -181,6 +188,8 @@ class Cell(Turn):
         self.incarnation += 1
         knobs = self.knobs = self.host.knobs_for(type(actor))
         self.plain = knobs.plain
+        if knobs.gated and self.gate is None:
+            self._open_gate()
         self.ctx = Context(self)
         self.host.live += 1
         self._begin(STARTING)

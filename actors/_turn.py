@@ -285,6 +285,17 @@ class Turn(Mailbox):
         gate = self.gate
         if gate is not None and knobs.gated:
             gate.started(knobs, envelope.priority, self.host.now())
+            if knobs.debounce is not None and envelope.priority == 0:
+                self._reopen_window(gate)
+
+    def _reopen_window(self, gate: Gate) -> None:
+        """Normal messages still wait (past `max_batch`): their window opens from their
+        own arrival, as if the gate had just seen them come."""
+        head = self._head
+        if head is not None:
+            gate.first = head.accepted_at
+            lane0 = self._lane0
+            gate.latest = lane0[-1].accepted_at if lane0 else head.accepted_at
 
     def _board(self, envelopes: list[Envelope]) -> list[Envelope]:
         """Envelopes taken from the mailbox to ride with the turn: the ones that may run."""
