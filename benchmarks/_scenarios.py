@@ -9,8 +9,9 @@ ratios. Each scenario states its target and checks it on the medians.
 
 The workloads themselves live in ``_throughput.py`` (P1, P2, thread
 producers, logging), ``_load.py`` (P5, P6, P7), ``_memory.py`` (P3, P4),
-``_failures.py`` (keys that fail once), ``_durable.py`` (the journal) and
-``_cluster.py`` (the cluster mode on Redis, with node processes).
+``_failures.py`` (keys that fail once), ``_durable.py`` (the journal),
+``_cluster.py`` (the cluster mode on Redis, with node processes) and
+``_features.py`` (the chat features: collect, dedup, rate limits).
 """
 
 from __future__ import annotations
@@ -60,6 +61,7 @@ class Params:
     threads: int = 4  # thread-producer scenario
     # keys that fail once and go idle (issue 8 #10)
     failing_keys: list[int] = dataclasses.field(default_factory=lambda: [2_000, 6_000, 18_000])
+    burst_users: int = 1_000  # features, collect: users that each get a burst
     seed: int = 1
     rotation: int = 0  # run index: each repeat starts with a different peer
     peers: list[str] = dataclasses.field(default_factory=lambda: [p.name for p in PEERS])
@@ -85,6 +87,7 @@ class Params:
             llm_users=1_000,
             llm_messages=2,
             failing_keys=[1_000, 4_000],
+            burst_users=100,
         )
 
     def peer_classes(self) -> list[type[Peer]]:
@@ -221,7 +224,15 @@ def error_cell(case: str, peer: str, exc: BaseException) -> Cell:
 
 def all_scenarios() -> list[Scenario]:
     """Every scenario, in the order of the table."""
-    from benchmarks import _cluster, _durable, _failures, _load, _memory, _throughput
+    from benchmarks import (
+        _cluster,
+        _durable,
+        _failures,
+        _features,
+        _load,
+        _memory,
+        _throughput,
+    )
 
     return [
         *_throughput.SCENARIOS[:2],
@@ -231,6 +242,7 @@ def all_scenarios() -> list[Scenario]:
         *_failures.SCENARIOS,
         *_durable.SCENARIOS,
         *_cluster.SCENARIOS,
+        *_features.SCENARIOS,
     ]
 
 

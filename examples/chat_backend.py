@@ -7,9 +7,13 @@ seeded random times. Every user gets a ``Bot`` actor whose LLM-like handler awai
 simulated provider delay, keeps a short conversation history *in the actor*, and now
 and then fails with a simulated "LLM provider 500" (so restarts show). Some users send
 ``/stop`` (priority 10, interrupt: cancels the reply in flight) or ``/clear`` (priority
-10, clear: drops what waits). A short idle timeout makes actors stop and come back
-during the run. The demo checks per-user order and one-at-a-time itself, then prints a
-plain-text summary. No external service is used.
+10, clear: drops what waits). A bot steers: when its LLM answer is ready it folds in
+the follow-ups that arrived meanwhile (``ctx.take_new()``), so "actually, make it a
+shopping list" changes the reply in flight instead of waiting for a turn of its own.
+Each update carries its platform id (``msg_id``), and a few are delivered twice, as a
+retried webhook does: the runtime handles them once. A short idle timeout makes
+actors stop and come back during the run. The demo checks per-user order and
+one-at-a-time itself, then prints a plain-text summary. No external service is used.
 """
 
 from __future__ import annotations
@@ -44,7 +48,7 @@ PROMPTS = (
     "remove the last item",
     "summarise our chat",
 )
-OUTCOMES = ("handled", "failed", "interrupted", "dropped", "rejected")
+OUTCOMES = ("handled", "failed", "interrupted", "dropped", "rejected", "duplicate")
 
 
 class ProviderError(RuntimeError):
@@ -71,6 +75,8 @@ class Send:
     priority: int = 0
     interrupt: bool = False
     clear: bool = False
+    msg_id: str | None = None  # the platform's update id
+    redelivery: bool = False  # the same update again (a retried webhook)
 
 
 @dataclass
@@ -84,6 +90,8 @@ class Tracker:
     overlaps: int = 0
     activations: int = 0
     stops: Counter[str] = field(default_factory=Counter)
+    folded: int = 0  # follow-ups taken into the reply in flight (steering)
+    steered: int = 0  # replies that folded at least one
 
     def order_violations(self) -> int:
         """Count places where a user's same-priority messages started out of send order."""
@@ -125,8 +133,14 @@ class Bot(UserActor):
             await asyncio.sleep(chat.delay)  # waiting for the LLM provider
             if chat.crash:
                 raise ProviderError("LLM provider 500")
-            self.history = [*self.history, chat.text][-self.history_size :]
-            return f"reply #{len(self.history)} to {chat.text!r}"
+            # Steering: what the user added while the LLM was answering goes into this
+            # reply; those messages are handled with it (their asks get this reply).
+            follow_ups = [item.message.text for item in ctx.take_new()]
+            if follow_ups:
+                self.tracker.folded += len(follow_ups)
+                self.tracker.steered += 1
+            self.history = [*self.history, chat.text, *follow_ups][-self.history_size :]
+            return f"reply #{len(self.history)} to {' + '.join([chat.text, *follow_ups])!r}"
         finally:
             self.tracker.running[key] -= 1
 
@@ -172,10 +186,17 @@ def plan(users: int, seconds: float, seed: int) -> list[Send]:
     raw.sort(key=lambda r: r[0])
     seqs: Counter[str] = Counter()
     sends: list[Send] = []
+    update_ids = itertools.count(10_000)
     for at, key, text, delay, crash, kind in raw:
         seqs[key] += 1
         opts = {"stop": (10, True, False), "clear": (10, False, True)}.get(kind, (0, False, False))
-        sends.append(Send(max(at, 0.0), key, Chat(seqs[key], text, delay, crash), *opts))
+        chat = Chat(seqs[key], text, delay, crash)
+        update = f"{platform_of(key)}-{next(update_ids)}"
+        sends.append(Send(max(at, 0.0), key, chat, *opts, msg_id=update))
+        if kind == "chat" and rng.random() < 0.05:  # the webhook is retried a moment later
+            again = max(at, 0.0) + rng.uniform(0.01, 0.5)
+            sends.append(Send(again, key, chat, msg_id=update, redelivery=True))
+    sends.sort(key=lambda s: s.at)
     return sends
 
 
@@ -192,6 +213,9 @@ class Report:
     overlaps: int = 0
     activations: int = 0
     stops: Counter[str] = field(default_factory=Counter)
+    folded: int = 0
+    steered: int = 0
+    redeliveries: int = 0
     wall: float = 0.0
     sample_reply: str = ""
 
@@ -200,21 +224,30 @@ class Report:
         """Order and one-at-a-time held, and every sent message got exactly one outcome."""
         settled = sum(sum(c.values()) for c in self.outcomes.values())
         return (
-            not self.order_violations and not self.overlaps and settled == sum(self.sent.values())
+            not self.order_violations
+            and not self.overlaps
+            and settled == sum(self.sent.values())
+            and self.stats.get("duplicates") == self.redeliveries
         )
 
 
-async def _settle(fut: LoopFuture[Any], platform: str, report: Report) -> None:
-    """Wait for one ask and record its outcome under ``platform``."""
+async def _settle(fut: LoopFuture[Any], platform: str, report: Report, again: bool) -> None:
+    """Wait for one ask and record its outcome under ``platform``.
+
+    A redelivered update's ask resolves like the original's, whatever that was: it is
+    counted apart, as "duplicate", since the runtime did not handle it again.
+    """
     try:
-        report.sample_reply = await fut
-        outcome = "handled"
+        reply = await fut
+        if not again:
+            report.sample_reply = reply
+        outcome = "duplicate" if again else "handled"
     except Interrupted:
-        outcome = "interrupted"
+        outcome = "duplicate" if again else "interrupted"
     except Dropped:
-        outcome = "dropped"
+        outcome = "duplicate" if again else "dropped"
     except Exception:
-        outcome = "failed"
+        outcome = "duplicate" if again else "failed"
     report.outcomes[platform][outcome] += 1
 
 
@@ -237,14 +270,20 @@ async def run_demo(
                 await asyncio.sleep(delay)
             platform = platform_of(s.key)
             report.sent[platform] += 1
+            report.redeliveries += s.redelivery
             try:
                 fut = rt.ask(
-                    s.key, s.message, priority=s.priority, interrupt=s.interrupt, clear=s.clear
+                    s.key,
+                    s.message,
+                    priority=s.priority,
+                    interrupt=s.interrupt,
+                    clear=s.clear,
+                    msg_id=s.msg_id,
                 )
             except MailboxFull:
                 report.outcomes[platform]["rejected"] += 1
                 continue
-            settling.append(asyncio.create_task(_settle(fut, platform, report)))
+            settling.append(asyncio.create_task(_settle(fut, platform, report, s.redelivery)))
         await asyncio.gather(*settling)
         await rt.wait_idle()
         report.stats = dict(rt.stats())
@@ -254,6 +293,7 @@ async def run_demo(
     report.order_violations = tracker.order_violations()
     report.overlaps, report.activations = tracker.overlaps, tracker.activations
     report.stops = tracker.stops
+    report.folded, report.steered = tracker.folded, tracker.steered
     return report
 
 
@@ -306,6 +346,10 @@ def format_summary(report: Report) -> str:
             f"activations:   {st.get('activations', '?')} (on_start ran {report.activations}x)",
             f"on_stop:       {stops}",
             f"dead letters:  {report.dead_letters}",
+            f"steering:      {report.folded} follow-ups folded into {report.steered} replies "
+            "in flight (ctx.take_new)",
+            f"dedup:         {report.redeliveries} redelivered updates, "
+            f"{st.get('duplicates', '?')} not handled again (msg_id)",
             f"last reply:    {report.sample_reply}",
             "",
             table(["latency (ms)", "p50", "p90", "p99", "max"], lat),

@@ -20,7 +20,7 @@ from typing import Any
 
 import pytest
 
-from benchmarks import _cluster, _durable
+from benchmarks import _cluster, _durable, _features
 from benchmarks._cluster_child import Trace, read_trace
 from benchmarks._failures import NO_FAILURE
 from benchmarks._peers import INTERRUPT, AsyncioQueuePeer, LockPeer, PromiseQueuePeer
@@ -209,6 +209,65 @@ def test_quick_run_measures_the_cluster(quick_results: dict[str, Any]) -> None:
     assert failover["load_rate"] == _cluster.LOAD_RATE
     assert len(scenario["checks"]) == 6
     assert all(c["measured"] is not None for c in scenario["checks"])
+
+
+@pytest.mark.timeout(150)
+def test_quick_run_measures_the_chat_features(quick_results: dict[str, Any]) -> None:
+    """features: three cases, on and off; every message handled, the ids remembered."""
+    (scenario,) = [s for s in quick_results["scenarios"] if s["name"] == "features"]
+    params = Params.for_quick()
+    collect, dedup, limited = (
+        _features.collect_case(params),
+        _features.dedup_case(params),
+        _features.limited_case(),
+    )
+    cases = {c["case"]: c for c in scenario["cases"]}
+    assert list(cases) == [collect, dedup, limited]
+    for name, case in cases.items():
+        assert set(case["results"]) == set(_features.COLUMNS), name
+        assert all(_positive(r["value"]) for r in case["results"].values()), name
+        assert set(case["ratios"]) == {_features.OFF}, name
+        assert _positive(case["ratios"][_features.OFF]), name
+    users, burst = params.burst_users, _features.BURST
+    for column, turns in ((SUBJECT, 2 * users), (_features.OFF, (1 + burst) * users)):
+        extra = cases[collect]["results"][column]["extra"]
+        assert extra["messages"] == (1 + burst) * users, column
+        assert extra["turns"] == turns, column  # collect: the burst is one turn
+    with_ids = cases[dedup]["results"][SUBJECT]["extra"]
+    assert with_ids["duplicates_refused"] == 2
+    assert with_ids["bytes_per_id"] > with_ids["id_str_bytes"] > 0  # the window holds more
+    assert "bytes_per_id" not in cases[dedup]["results"][_features.OFF]["extra"]
+    for column, result in cases[limited]["results"].items():
+        extra = result["extra"]
+        assert extra["p50_ms"] <= result["value"] <= extra["max_ms"], column
+        assert extra["samples"] == _features.ASK_RATE * _features.QUICK_SECONDS, column
+        expected = _features.LIMITED_KEYS * _features.LIMITED_BURST
+        assert extra["limited_messages"] == expected, column
+    # The limit at work: a token bucket of one never lets two turns closer than its period.
+    gap = cases[limited]["results"][SUBJECT]["extra"]["limited_min_gap_ms"]
+    assert gap >= _features.LIMIT_PER * 1e3 * 0.99
+    assert len(scenario["checks"]) == 4
+    assert all(c["measured"] is not None for c in scenario["checks"])
+
+
+@pytest.mark.parametrize("column", _features.COLUMNS)
+async def test_feature_measurements_handle_every_message(column: str) -> None:
+    """The features' workloads at small sizes: counts that add up in both columns."""
+    rate, collect = await _features.collect_bursts(column, users=20, burst=5)
+    assert rate > 0
+    assert collect["messages"] == 20 * 6
+    assert collect["turns"] == (2 if column == SUBJECT else 6) * 20
+    rate, dedup = await _features.dedup_tell(column, users=10, messages=2_000)
+    assert rate > 0
+    assert dedup["messages"] == 2_000
+    if column == SUBJECT:
+        assert dedup["duplicates_refused"] == 2
+        assert dedup["ids_remembered"] == 4_000
+        assert dedup["bytes_per_id"] > 0
+    p99, limited = await _features.limited_neighbours(column, seconds=0.2, free=10, limited=10)
+    assert 0 < limited["p50_ms"] <= p99 <= limited["max_ms"]
+    assert limited["samples"] == 200
+    assert limited["limited_messages"] == 10 * _features.LIMITED_BURST
 
 
 def test_cluster_script_reports_every_figure(capsys: pytest.CaptureFixture[str]) -> None:

@@ -15,10 +15,12 @@ import pytest
 from actors import (
     Batch,
     Context,
+    Debounce,
     Dropped,
     Interrupted,
     Item,
     KeyBusy,
+    Rate,
     RetryAfter,
     UserActor,
 )
@@ -440,3 +442,42 @@ async def test_a_policy_read_from_configuration_works_like_the_literal() -> None
         bot.gate.set()
         await settle(rt)
     assert bot.log == [["wait"], [1, 2]]
+
+
+@pytest.mark.parametrize(
+    "attrs",
+    [
+        {"busy": "queue"},
+        {"busy": "collect"},
+        {"busy": "interrupt"},
+        {"busy": "reject"},
+        {"debounce": Debounce(window=0.5)},
+        {"rate": Rate(1, per=60.0)},
+        {"min_interval": 30.0},
+        {"overflow": "drop_oldest"},
+    ],
+    ids=lambda a: next(iter(a)) + "=" + str(next(iter(a.values()))),
+)
+async def test_the_control_lane_cuts_a_turn_short_under_every_policy(
+    attrs: dict[str, Any],
+) -> None:
+    started = asyncio.Event()
+
+    class Base(UserActor):
+        async def on_message(self, message: Any, ctx: Context) -> str:
+            text = message[0].message if isinstance(message, Batch) else message
+            if text == "long answer":
+                started.set()
+                await asyncio.Event().wait()  # an LLM that never finishes
+            return text
+
+    Bot = type("Bot", (Base,), attrs)
+    clock = FakeClock()
+    async with Runtime(Bot, clock=clock) as rt:
+        turn = rt.ask("u", "long answer")
+        await clock.advance(1.0)  # past a debounce window
+        await started.wait()
+        stop = rt.ask("u", "/stop", priority=5, interrupt=True)
+        with pytest.raises(Interrupted):
+            await turn
+        assert await stop == "/stop"
