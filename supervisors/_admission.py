@@ -1,4 +1,4 @@
-"""The door of a mailbox: deduplication, a busy key's refusal, overflow (G8, G14).
+"""The door of a mailbox: deduplication, a busy key's refusal, overflow (G8).
 
 The router (`_Core.accept`, and its thread and cluster paths) asks these before it
 accepts a message, in this order:

@@ -1,4 +1,4 @@
-"""Deduplication by `msg_id`, in one process: the window of ids seen (DESIGN G14).
+"""Deduplication by `msg_id`, in one process: the window of ids seen.
 
 A message sent with `msg_id=` (Telegram's `update_id`, Slack's `event_id`, a
 WhatsApp `wamid`) is remembered from its acceptance: while it waits or runs
