@@ -143,6 +143,12 @@ class Cell(Turn):
                     gate = self.gate = Gate(knobs, host.now())
                 if knobs.debounce is not None:
                     gate.arrived(host.now())
+        elif (
+            self.gate is not None
+            and knobs.debounce is not None
+            and knobs.debounce.flush_on_priority
+        ):
+            self.gate.flush()
 
     def _batch_full(self) -> bool:
         debounce = self.knobs.debounce

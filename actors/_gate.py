@@ -53,6 +53,11 @@ class Gate(Bucket):
             self.first = now
         self.latest = now
 
+    def flush(self) -> None:
+        """Close the open debounce window now (a priority message with `flush_on_priority`)."""
+        if self.first >= 0:
+            self.latest = -math.inf
+
     def due(
         self, knobs: Knobs, priority: int, waiting: int, now: float, flushing: bool = False
     ) -> float:
@@ -72,7 +77,7 @@ class Gate(Bucket):
         if debounce is not None and self.first >= 0 and not flushing:
             if debounce.max_batch is not None and waiting >= debounce.max_batch:
                 return wait
-            closes = self.latest + debounce.window
+            closes = self.latest + debounce.window  # -inf once flushed
             if debounce.max_wait is not None:
                 closes = min(closes, self.first + debounce.max_wait)
             wait = max(wait, closes - now)

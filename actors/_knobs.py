@@ -85,12 +85,14 @@ class Debounce:
 
     Each arrival restarts the window; `max_wait` (seconds from the first) caps how long
     the first one waits, and `max_batch` how many one batch holds (reached, it is
-    delivered at once). Priority messages never wait for the window.
+    delivered at once). Priority messages never wait for the window; with
+    `flush_on_priority=True` one also closes it (what waited runs right after it).
     """
 
     window: float
     max_wait: float | None = None
     max_batch: int | None = None
+    flush_on_priority: bool = False
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "window", _seconds("Debounce window", self.window))
@@ -106,6 +108,9 @@ class Debounce:
         ):
             msg = f"Debounce max_batch must be an int >= 1 or None, got {batch!r}"
             raise ValueError(msg)
+        if not isinstance(self.flush_on_priority, bool):
+            msg = f"Debounce flush_on_priority must be a bool, got {self.flush_on_priority!r}"
+            raise TypeError(msg)
 
 
 def check_busy(value: object, where: str = "busy") -> str:

@@ -175,6 +175,19 @@ async def test_a_priority_message_bypasses_the_window() -> None:
     assert bot.log[-1] == ("u", ["typing"], 2.0)
 
 
+async def test_a_priority_message_may_close_the_window() -> None:
+    bot = clocked(debounce=Debounce(window=2.0, flush_on_priority=True))
+    clock = FakeClock()
+    async with Runtime(bot, clock=clock) as rt:
+        rt.tell("u", "draft")
+        await clock.advance(0.5)
+        rt.tell("u", "/send", priority=1)  # "send it now"
+        await clock.advance(0.0)
+    assert bot.log == [("u", ["/send"], 0.5), ("u", ["draft"], 0.5)]
+    with pytest.raises(TypeError, match="flush_on_priority"):
+        Debounce(window=1.0, flush_on_priority=1)  # type: ignore[arg-type]
+
+
 async def test_the_stop_flushes_an_open_window() -> None:
     bot = clocked(debounce=Debounce(window=60.0))
     async with Runtime(bot) as rt:
