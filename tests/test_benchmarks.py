@@ -251,7 +251,7 @@ def test_quick_run_measures_the_chat_features(quick_results: dict[str, Any]) -> 
 
 
 @pytest.mark.parametrize("column", _features.COLUMNS)
-async def test_feature_measurements_handle_every_message(column: str) -> None:
+async def test_features_workloads_handle_every_message(column: str) -> None:
     """The features' workloads at small sizes: counts that add up in both columns."""
     rate, collect = await _features.collect_bursts(column, users=20, burst=5)
     assert rate > 0
