@@ -223,6 +223,10 @@ class Codec(CodecFormat):
         self._by_tag[tag] = entry
         return cls
 
+    def registered(self, cls: type[Any]) -> bool:
+        """Whether instances of exactly `cls` are encoded by a registration of this codec."""
+        return cls in self._by_type
+
     # -- values --------------------------------------------------------------------
 
     def dumps(self, value: Any) -> bytes:
