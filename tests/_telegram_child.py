@@ -1,18 +1,20 @@
-"""The child process of tests/test_adapter_telegram.py's crash test: a bot killed mid-reply.
+"""The child process of the Telegram adapters' crash tests: a bot killed mid-reply.
 
 Run as a script, never imported by the suite:
 
-    python -P _telegram_child.py PACKAGE_DIR JOURNAL FACTS MODE
+    python -P _telegram_child.py PACKAGE_DIR JOURNAL FACTS MODE [ptb|aiogram]
 
-Both modes wire `Bot` into a python-telegram-bot `Application` whose Bot API is
-`FakeBotAPI` (no network), with the durable journal `JOURNAL`. `MODE` "hold": three
-updates go through `Application.process_update` ("hang", "second", "third"); the
-handler of "hang" writes the fact `hold Update 1 hang` and waits forever; once the
-three are journaled the child prints "journaled", and the parent kills it with
-SIGKILL. `MODE` "after": the same journal replays the three first; a fourth update
-follows; each turn writes `after <type> <update_id> <text> bound|unbound
-redelivered|new` and replies with `reply_text`; once the fourth is handled the child
-writes the replies it sent and exits 0.
+Both modes wire `Agent` into a python-telegram-bot `Application` (tests/
+test_adapter_telegram.py) or an aiogram `Dispatcher` (tests/test_adapter_aiogram.py)
+whose Bot API is the fake of tests/_telegram_fake.py (no network), with the durable
+journal `JOURNAL`. `MODE` "hold": three updates go through the framework's own
+dispatch ("hang", "second", "third"); the handler of "hang" writes the fact `hold
+Update 1 hang` and waits forever; once the three are journaled the child prints
+"journaled", and the parent kills it with SIGKILL. `MODE` "after": the same journal
+replays the three first; a fourth update follows; each turn writes `after <type>
+<update_id> <text> bound|unbound redelivered|new` (bound: the update is tied to this
+process's bot) and replies through the framework; once the fourth is handled the
+child writes the replies it sent and exits 0.
 
 Facts are appended one line per `os.write` on an `O_APPEND` descriptor, so a line
 written before the SIGKILL is in the file.
@@ -28,47 +30,89 @@ from typing import Any
 
 def main(argv: list[str]) -> int:
     package_dir, journal, facts_path, mode = argv[1:5]
+    framework = argv[5] if len(argv) > 5 else "ptb"
     sys.path.insert(0, package_dir)
-    from telegram import Update
-    from telegram.ext import ApplicationBuilder
-
     from actors import Context, UserActor
-    from supervisors.adapters.ptb import inorder_for
-    from tests._telegram_fake import TOKEN, FakeBotAPI, update_json
 
     facts = os.open(facts_path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
     done = asyncio.Event()
-    api = FakeBotAPI()
-    app = ApplicationBuilder().token(TOKEN).request(api).get_updates_request(FakeBotAPI()).build()
 
     def fact(line: str) -> None:
         os.write(facts, (line + "\n").encode())
 
-    class Bot(UserActor):
+    class Agent(UserActor):
         async def on_message(self, update: Any, ctx: Context) -> None:
-            text = update.effective_message.text
+            message = update.effective_message if framework == "ptb" else update.message
+            text = message.text
             if mode == "hold":
                 fact(f"hold {type(update).__name__} {update.update_id} {text}")
                 await asyncio.Event().wait()  # killed here
-            bound = "bound" if update.get_bot() is app.bot else "unbound"
+            bot = update.get_bot() if framework == "ptb" else update.bot
+            bound = "bound" if bot is the_bot else "unbound"
             how = "redelivered" if ctx.redelivered else "new"
             fact(f"after {type(update).__name__} {update.update_id} {text} {bound} {how}")
-            await update.effective_message.reply_text(f"re: {text}")
+            if framework == "ptb":
+                await message.reply_text(f"re: {text}")
+            else:
+                await message.answer(f"re: {text}")
             if text == "fourth":
                 done.set()
 
-    bridge = inorder_for(app, Bot, store=journal, idle_timeout=None)
+    if framework == "ptb":
+        from telegram import Update
+        from telegram.ext import ApplicationBuilder
+
+        from supervisors.adapters.ptb import inorder_for
+        from tests._telegram_fake import TOKEN, FakeBotAPI, update_json
+
+        api: Any = FakeBotAPI()
+        app = ApplicationBuilder().token(TOKEN).request(api).get_updates_request(FakeBotAPI())
+        application = app.build()
+        the_bot: Any = application.bot
+        bridge = inorder_for(application, Agent, store=journal, idle_timeout=None)
+
+        async def feed(data: dict[str, Any]) -> None:
+            await application.process_update(Update.de_json(data, the_bot))
+
+        async def begin() -> None:
+            await application.initialize()
+
+        async def end() -> None:
+            await application.shutdown()
+    else:
+        from aiogram import Bot, Dispatcher
+        from aiogram.types import Update as AiogramUpdate
+
+        from supervisors.adapters.aiogram3 import inorder_for as aiogram_inorder_for
+        from tests._telegram_fake import TOKEN, FakeSession, update_json
+
+        api = FakeSession()
+        the_bot = Bot(TOKEN, session=api)
+        dp = Dispatcher()
+        bridge = aiogram_inorder_for(dp, Agent, bot=the_bot, store=journal, idle_timeout=None)
+
+        async def feed(data: dict[str, Any]) -> None:
+            update = AiogramUpdate.model_validate(data, context={"bot": the_bot})
+            await dp.feed_update(the_bot, update)
+
+        async def begin() -> None:
+            await dp.emit_startup(bot=the_bot)
+
+        async def end() -> None:
+            await dp.emit_shutdown(bot=the_bot)
 
     async def run() -> None:
-        async with app, bridge:
+        await begin()
+        async with bridge:
             if mode == "hold":
                 for i, text in enumerate(("hang", "second", "third"), 1):
-                    await app.process_update(Update.de_json(update_json(i, 7, text), app.bot))
+                    await feed(update_json(i, 7, text))
                 print("journaled", flush=True)  # each send returned: committed
                 await asyncio.Event().wait()
             else:
-                await app.process_update(Update.de_json(update_json(4, 7, "fourth"), app.bot))
+                await feed(update_json(4, 7, "fourth"))
                 await asyncio.wait_for(done.wait(), 20)
+        await end()
         fact("sent " + "|".join(text for _, text in api.sent))
 
     asyncio.run(run())

@@ -1,10 +1,14 @@
-"""The Telegram Bot API at python-telegram-bot's HTTP seam, for the adapter's tests.
+"""The Telegram Bot API at the frameworks' HTTP seams, for the adapters' tests.
 
-`FakeBotAPI` is a `telegram.request.BaseRequest`: PTB builds every call to the Bot
-API (`getMe`, `getUpdates`, `sendMessage`, ...) as it would for Telegram and hands
-it to `do_request`, which answers from memory instead of the network. Updates are
-Bot API JSON (`update_json`), turned into PTB's own `Update` by PTB itself.
-Imported by tests/test_adapter_telegram.py and its crash test's child.
+`BotAPI` answers Bot API calls (`getMe`, `getUpdates`, `sendMessage`) from memory.
+`FakeBotAPI` puts it at python-telegram-bot's seam, a `telegram.request.BaseRequest`:
+PTB builds every call as it would for Telegram and hands it to `do_request`.
+`FakeSession` puts it at aiogram's, a `BaseSession`: aiogram hands it each method,
+and checks the answer with its own `check_response` (which raises its
+`TelegramRetryAfter` on a 429). Updates are Bot API JSON (`update_json`), turned
+into each framework's own `Update` by the framework itself. Imported by
+tests/test_adapter_telegram.py, tests/test_adapter_aiogram.py and their crash
+tests' children.
 """
 
 from __future__ import annotations
@@ -14,6 +18,7 @@ import json
 from collections import deque
 from typing import Any
 
+from aiogram.client.session.base import BaseSession
 from telegram.request import BaseRequest, RequestData
 
 BOT_ID = 123456
@@ -52,8 +57,8 @@ def update_json(
     return {"update_id": update_id, "message": message}
 
 
-class FakeBotAPI(BaseRequest):
-    """Answers PTB's Bot API calls from memory.
+class BotAPI:
+    """Answers Bot API calls from memory.
 
     `updates`: served by `getUpdates` (then an empty long poll); `sent`: every
     `sendMessage` as `(chat_id, text)`; `flood[chat_id] = n`: the next
@@ -67,29 +72,9 @@ class FakeBotAPI(BaseRequest):
         self.flood: dict[int, int] = {}
         self.calls: list[str] = []
 
-    @property
-    def read_timeout(self) -> float | None:
-        return 1.0
-
-    async def initialize(self) -> None:
-        pass
-
-    async def shutdown(self) -> None:
-        pass
-
-    async def do_request(
-        self,
-        url: str,
-        method: str,
-        request_data: RequestData | None = None,
-        read_timeout: Any = None,
-        write_timeout: Any = None,
-        connect_timeout: Any = None,
-        pool_timeout: Any = None,
-    ) -> tuple[int, bytes]:
-        name = url.rsplit("/", 1)[-1]
+    async def answer(self, name: str, params: dict[str, Any]) -> tuple[int, dict[str, Any]]:
+        """The HTTP status and JSON body Telegram would answer to method `name`."""
         self.calls.append(name)
-        params = request_data.parameters if request_data is not None else {}
         result: Any = True
         if name == "getMe":
             result = BOT_USER
@@ -111,7 +96,7 @@ class FakeBotAPI(BaseRequest):
                     "description": f"Too Many Requests: retry after {wait}",
                     "parameters": {"retry_after": wait},
                 }
-                return 429, json.dumps(body).encode()
+                return 429, body
             text = str(params["text"])
             self.sent.append((chat_id, text))
             result = {
@@ -121,4 +106,51 @@ class FakeBotAPI(BaseRequest):
                 "from": BOT_USER,
                 "text": text,
             }
-        return 200, json.dumps({"ok": True, "result": result}).encode()
+        return 200, {"ok": True, "result": result}
+
+
+class FakeBotAPI(BotAPI, BaseRequest):
+    """`BotAPI` at python-telegram-bot's HTTP seam."""
+
+    @property
+    def read_timeout(self) -> float | None:
+        return 1.0
+
+    async def initialize(self) -> None:
+        pass
+
+    async def shutdown(self) -> None:
+        pass
+
+    async def do_request(
+        self,
+        url: str,
+        method: str,
+        request_data: RequestData | None = None,
+        read_timeout: Any = None,
+        write_timeout: Any = None,
+        connect_timeout: Any = None,
+        pool_timeout: Any = None,
+    ) -> tuple[int, bytes]:
+        params = request_data.parameters if request_data is not None else {}
+        status, body = await self.answer(url.rsplit("/", 1)[-1], dict(params))
+        return status, json.dumps(body).encode()
+
+
+class FakeSession(BotAPI, BaseSession):
+    """`BotAPI` at aiogram's HTTP seam."""
+
+    def __init__(self, updates: list[dict[str, Any]] | None = None) -> None:
+        BotAPI.__init__(self, updates)
+        BaseSession.__init__(self)
+
+    async def close(self) -> None:
+        pass
+
+    async def make_request(self, bot: Any, method: Any, timeout: int | None = None) -> Any:
+        params = {k: v for k, v in dict(method).items() if v is not None}
+        status, body = await self.answer(method.__api_method__, params)
+        return self.check_response(bot, method, status, json.dumps(body)).result
+
+    async def stream_content(self, *args: Any, **kwargs: Any) -> Any:
+        raise NotImplementedError  # no file downloads in these tests
