@@ -32,6 +32,9 @@ def main(argv: list[str]) -> int:
     package_dir, journal, facts_path, mode = argv[1:5]
     framework = argv[5] if len(argv) > 5 else "ptb"
     sys.path.insert(0, package_dir)
+    # The fakes live in the tests, beside the sources (after them: in a compiled run
+    # PACKAGE_DIR holds the compiled package, which must win).
+    sys.path.append(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
     from actors import Context, UserActor
 
     facts = os.open(facts_path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)

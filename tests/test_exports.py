@@ -225,6 +225,11 @@ def _third_party_imports(folder: Path) -> set[str]:
     return names - first_party - set(sys.stdlib_module_names)
 
 
+def _normal(name: str) -> str:
+    """A distribution's name as PEP 503 compares them: slack_bolt is slack-bolt."""
+    return re.sub(r"[-_.]+", "-", name).lower()
+
+
 def test_the_dev_extra_brings_what_the_tests_import() -> None:
     """`pip install '.[dev]'` then `pytest` collects the whole suite, on every Python."""
     metadata = importlib.metadata.metadata("inorder")
@@ -233,10 +238,10 @@ def test_the_dev_extra_brings_what_the_tests_import() -> None:
         name, _, marker = requirement.partition(";")
         if "extra ==" in marker and "dev" not in marker:
             continue  # another extra's
-        dev.add(re.split(r"[<>=!~ \[]", name.strip(), maxsplit=1)[0].lower())
+        dev.add(_normal(re.split(r"[<>=!~ \[]", name.strip(), maxsplit=1)[0]))
     providers = importlib.metadata.packages_distributions()
     for module in sorted(_third_party_imports(ROOT / "tests")):
-        dists = {d.lower() for d in providers.get(module, [module])}
+        dists = {_normal(d) for d in providers.get(module, [module])}
         assert dists & dev, f"tests import {module} ({dists}), which the dev extra lacks"
 
 
