@@ -28,7 +28,7 @@ import re
 from typing import TYPE_CHECKING, Any, Final, Self, TypeVar
 
 from actors._errors import RetryAfter
-from actors._logging import library_logger
+from actors._logging import check_level, library_logger
 from actors._user_actor import HANDLER_ASYNC, UserActor
 from actors.journal._codec import Codec
 from supervisors._runtime import Runtime
@@ -176,7 +176,8 @@ class Bridge:
         self._send_timeout = send_timeout
         self._drain = drain
         self._stop_timeout = stop_timeout
-        self._log = library_logger(runtime_options.get("log_level")).bind(platform=platform)
+        level = check_level(runtime_options.get("log_level"))  # "debug" as the Runtime takes it
+        self._log = library_logger(level).bind(platform=platform)
         self.runtime = Runtime(
             with_platform_errors(factory, translate), codec=self.codec, **runtime_options
         )
