@@ -17,7 +17,7 @@ from __future__ import annotations
 import asyncio
 from concurrent.futures import Future
 from threading import get_ident
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from actors._errors import MailboxFull, RuntimeStopped
 from actors._future import LoopFuture
@@ -30,15 +30,13 @@ if TYPE_CHECKING:
 
     from supervisors._core import _Core
     from supervisors._ingress import Ingress
+    from supervisors._pacing import Place
     from supervisors.cluster._port import ClusterPort
     from supervisors.durable._journaling import Durable
 
 __all__ = ["Messaging", "not_started"]
 
-
-def _settle(room: Future[None]) -> None:
-    if not room.done():
-        room.set_result(None)
+T = TypeVar("T")
 
 
 def not_started(*_: Any) -> None:
@@ -137,44 +135,99 @@ class Messaging:
             msg = f"timeout must be a number of seconds >= 0 or None, got {timeout!r}"
             raise ValueError(msg)
         deadline = None if timeout is None else asyncio.get_running_loop().time() + timeout
-        while True:
-            try:
-                await self._send_once(key, message, priority, interrupt, clear, ttl, msg_id)
-            except MailboxFull as full:
-                if full.scope != "key":
-                    raise
-                await self._wait_room(key, deadline, full)
-                continue
-            return
-
-    async def _wait_room(self, key: Any, deadline: float | None, full: MailboxFull) -> None:
-        """Wait until a message leaves `key`'s mailbox; past `deadline`, raise `full`."""
+        # Senders waiting for a key's room form a line (core.pacing), and get in in the
+        # order they came: a new send to a key with a line joins it rather than take a
+        # place that comes free first, so that per-key order holds for concurrent sends
+        # (a framework's handlers, one task per update). A priority message does not
+        # queue behind normal ones. From another thread a send joins the line once it
+        # found the mailbox full: sends from threads have no order between them to keep.
         core = self._core
+        place: Place | None = None
+        try:
+            if (
+                priority == 0
+                and core is not None
+                and get_ident() == self._loop_thread
+                and core.pacing.in_line(key)
+            ):
+                place = core.pacing.join_line(key)
+                await self._turn(place.turn, deadline, MailboxFull(key, core.max_pending))
+            while True:
+                try:
+                    receipt = self._send_once(key, message, priority, interrupt, clear, ttl, msg_id)
+                except MailboxFull as full:
+                    if full.scope != "key" or core is None:
+                        raise
+                    if place is None:
+                        place = await self._line(core.pacing.join_line, key)
+                        turn = place.turn
+                    else:
+                        turn = await self._line(core.pacing.wait_turn, key, place)
+                    await self._turn(turn, deadline, full)
+                    continue
+                if place is not None:  # in: the next one's turn, before the commit
+                    self._leave(key, place)
+                    place = None
+                if receipt is not None:
+                    await asyncio.wrap_future(receipt)
+                return
+        finally:
+            if place is not None:  # gave up: out of the line
+                self._leave(key, place)
+
+    async def _line(self, act: Callable[..., T], *args: Any) -> T:
+        """`act(*args)` on the loop thread (the line is the loop's), from any thread."""
         loop = self._loop
+        if get_ident() == self._loop_thread or loop is None:
+            return act(*args)
+        done: Future[T] = Future()
+
+        def run() -> None:
+            try:
+                done.set_result(act(*args))
+            except BaseException as error:  # handed to the caller, not lost
+                done.set_exception(error)
+
+        loop.call_soon_threadsafe(run)
+        return await asyncio.wrap_future(done)
+
+    def _leave(self, key: Any, place: Place) -> None:
+        core, loop = self._core, self._loop
         if core is None or loop is None:
-            raise full
-        room: asyncio.Future[None] | Future[None]
+            return
         if get_ident() == self._loop_thread:
-            room = core.pacing.wait_room(key)
+            core.pacing.leave_line(key, place)
         else:
-            room = Future()
+            loop.call_soon_threadsafe(core.pacing.leave_line, key, place)
 
-            def ask_room() -> None:
-                core.pacing.wait_room(key).add_done_callback(lambda _: _settle(room))
-
-            loop.call_soon_threadsafe(ask_room)
+    async def _turn(
+        self, turn: asyncio.Future[None], deadline: float | None, full: MailboxFull
+    ) -> None:
+        """Wait for `turn` (a future of the loop's); past `deadline`, raise `full`."""
         remaining = None
         if deadline is not None:
             remaining = deadline - asyncio.get_running_loop().time()
             if remaining <= 0:
                 raise full
-        waited = room if isinstance(room, asyncio.Future) else asyncio.wrap_future(room)
+        if get_ident() == self._loop_thread:
+            waited: asyncio.Future[None] = turn
+        else:
+            mine: Future[None] = Future()
+            loop = self._loop
+            assert loop is not None
+
+            def relay(_: asyncio.Future[None]) -> None:
+                if not mine.done():
+                    mine.set_result(None)
+
+            loop.call_soon_threadsafe(turn.add_done_callback, relay)
+            waited = asyncio.wrap_future(mine)
         try:
-            await asyncio.wait_for(waited, remaining)
+            await asyncio.wait_for(asyncio.shield(waited), remaining)
         except TimeoutError:
             raise full from None
 
-    async def _send_once(
+    def _send_once(
         self,
         key: Any,
         message: Any,
@@ -183,18 +236,15 @@ class Messaging:
         clear: Any,
         ttl: Any,
         msg_id: Any,
-    ) -> None:
+    ) -> Future[None] | None:
+        """Accept the message now (raising what `tell` raises); the receipt of its commit."""
         if get_ident() == self._loop_thread:
             self._accept(key, message, priority, interrupt, clear, None, ttl, msg_id)
             durable = self._durable
-            committed = durable.receipt() if durable is not None else None
-            if committed is not None:
-                await asyncio.wrap_future(committed)
-            return
+            return durable.receipt() if durable is not None else None
         receipt: Future[None] | None = Future() if self._durable is not None else None
         self._submit(key, message, priority, interrupt, clear, None, ttl, False, receipt, msg_id)
-        if receipt is not None:
-            await asyncio.wrap_future(receipt)
+        return receipt
 
     def ask(
         self,

@@ -9,8 +9,10 @@ facade ask of the router about time and room rather than about messages (the rou
 * `hold`: a key whose gate says "not yet" is woken at its time by `Holds`, one
   timer for every held key (supervisors/_holds.py);
 * `limiter`: the shared limiters of `Runtime(limits=...)` (`ctx.limit(name)`);
-* `wait_room` / `room_made`: an awaited `send` that found its key's mailbox full
-  waits until a message leaves it.
+* `join_line` / `wait_turn` / `leave_line` / `room_made`: an awaited `send` that
+  found its key's mailbox full waits in the key's line of senders until a message
+  leaves it, and the line gets in in the order it came (a new send to a key with a
+  line joins it rather than try: `in_line`).
 
 It names `_Core` as a type only (it is given the router): a deliberate circle, like
 the router's other parts.
@@ -32,7 +34,16 @@ if TYPE_CHECKING:
     from actors._knobs import Rate
     from supervisors._core import _Core
 
-__all__ = ["Pacing"]
+__all__ = ["Pacing", "Place"]
+
+
+class Place:
+    """A sender's place in a key's line for room: `turn` resolves when it may try."""
+
+    __slots__ = ("turn",)
+
+    def __init__(self, turn: asyncio.Future[None]) -> None:
+        self.turn = turn
 
 
 class Pacing:
@@ -59,7 +70,7 @@ class Pacing:
         self.limiters = {
             name: SharedLimiter(name, rate, clock, loop) for name, rate in (limits or {}).items()
         }
-        self.room_waiters: dict[Any, deque[asyncio.Future[None]]] = {}
+        self.room_waiters: dict[Any, deque[Place]] = {}  # the lines, by key
 
     def knobs_for(self, actor_type: type) -> Knobs:
         knobs = self._knobs.get(actor_type)
@@ -81,39 +92,74 @@ class Pacing:
             raise KeyError(msg)
         return limiter
 
-    def wait_room(self, key: Any) -> asyncio.Future[None]:
-        """A future resolved when a message leaves `key`'s mailbox (`Runtime.send`)."""
-        waiter: asyncio.Future[None] = self.loop.create_future()
-        core = self._core
-        cell = core.cells.get(key)
-        if cell is None or len(cell) < core.max_pending:  # room came meanwhile (a thread's call)
-            waiter.set_result(None)
-            return waiter
-        waiters = self.room_waiters.get(key)
-        if waiters is None:
-            waiters = self.room_waiters[key] = deque()
-        waiters.append(waiter)
-        return waiter
+    # -- the line of senders waiting for a key's room (Runtime.send) ---------------------
+    #
+    # Only the head of a key's line tries: it gets in, or finds the mailbox full and
+    # waits for room again, still at the head; when it leaves (in, or given up) the
+    # next one is the head. So a line gets in in the order it came, whatever the loop
+    # runs first, and one that gives up never holds the others up.
+
+    def in_line(self, key: Any) -> bool:
+        """Whether senders wait for `key`'s room: a new one then joins behind them."""
+        return key in self.room_waiters
+
+    def join_line(self, key: Any) -> Place:
+        """A new sender at the end of `key`'s line; its `turn` resolves when it is the
+        head and the mailbox has room."""
+        place = Place(self.loop.create_future())
+        line = self.room_waiters.get(key)
+        if line is None:
+            line = self.room_waiters[key] = deque()
+        line.append(place)
+        if line[0] is place:
+            self._signal(key)
+        return place
+
+    def wait_turn(self, key: Any, place: Place) -> asyncio.Future[None]:
+        """The head found the mailbox full after all: a new turn, when room comes."""
+        if place.turn.done():
+            place.turn = self.loop.create_future()
+        self._signal(key)  # room came meanwhile (a drop, a clear, a thread's call)
+        return place.turn
+
+    def leave_line(self, key: Any, place: Place) -> None:
+        """The sender got in, or gave up: out of the line; the next one is the head."""
+        line = self.room_waiters.get(key)
+        if line is None:
+            return
+        head = line[0] is place
+        try:
+            line.remove(place)
+        except ValueError:
+            return
+        if not line:
+            del self.room_waiters[key]
+        elif head:
+            self._signal(key)
 
     def room_made(self, cell: Cell) -> None:
-        """A message left `cell`'s mailbox: wake its senders waiting for room.
+        """A message left `cell`'s mailbox: the head of its line tries again."""
+        self._signal(cell.key)
 
-        All of them: each tries again, and those that find it full again wait again.
-        Waking only one would lose the wake-up when that sender has given up meanwhile.
-        """
-        waiters = self.room_waiters.pop(cell.key, None)
-        if waiters is not None:
-            for waiter in waiters:
-                if not waiter.done():
-                    waiter.set_result(None)
+    def _signal(self, key: Any) -> None:
+        line = self.room_waiters.get(key)
+        if not line:
+            return
+        core = self._core
+        cell = core.cells.get(key)
+        if cell is not None and len(cell) >= core.max_pending:
+            return
+        turn = line[0].turn
+        if not turn.done():
+            turn.set_result(None)
 
     def close(self) -> None:
         """The runtime stops: no more wake-ups; senders waiting for room are let go."""
         self.holds.close()
         for limiter in self.limiters.values():
             limiter.close()
-        for waiters in self.room_waiters.values():
-            for waiter in waiters:
-                if not waiter.done():
-                    waiter.set_result(None)  # they try again, and hear RuntimeStopped
+        for line in self.room_waiters.values():
+            for place in line:
+                if not place.turn.done():
+                    place.turn.set_result(None)  # they try again, and hear RuntimeStopped
         self.room_waiters.clear()
