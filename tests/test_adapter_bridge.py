@@ -217,3 +217,28 @@ def test_bad_options_fail_at_the_call_site(
 
 def test_check_commands_strips_the_slash_and_lowercases() -> None:
     assert check_commands(["/Stop", "cancel", "stop"], "x") == {"stop", "cancel"}
+
+
+async def test_concurrent_routes_to_a_full_mailbox_keep_the_platforms_order() -> None:
+    """A framework runs one task per update; under backpressure each still gets in in
+    the order its task called `route`."""
+    got: list[Any] = []
+    gate = asyncio.Event()
+
+    class Slow(UserActor):
+        async def on_message(self, message: Any, ctx: Context) -> None:
+            got.append(message)
+            if message == 0:
+                await gate.wait()
+
+    b = Bridge(Slow, platform="t", translate=translate, runtime_options={"max_pending": 1})
+    async with b:
+        await b.route(0, "k", "id-0", None)
+        routes = [asyncio.ensure_future(b.route(n, "k", f"id-{n}", None)) for n in range(1, 7)]
+        for _ in range(100):
+            await asyncio.sleep(0)
+        gate.set()  # places come free: updates arriving now queue behind those waiting
+        routes += [asyncio.ensure_future(b.route(n, "k", f"id-{n}", None)) for n in range(7, 12)]
+        assert await asyncio.wait_for(asyncio.gather(*routes), 5) == [True] * 11
+        await asyncio.wait_for(b.runtime.wait_idle(), 5)
+    assert got == list(range(12))
