@@ -7,6 +7,8 @@ stop returns). What happens when a runtime runs is told in supervisors/_runtime.
 The rooms of the package, each importing only from the rooms below it (type-only
 imports included; tests/test_exports.py checks it):
 
+* `adapters/`: the bot frameworks (python-telegram-bot, aiogram, discord.py, Slack
+  Bolt), one optional extra each, above the facade they drive; nothing imports them;
 * the facade (`_runtime`, `_messaging`, `_introspection`, `_background`,
   `_assembly`, `_shutdown`, `_stats`, `_options`): what users call, and the
   runtime's start and stop; it plugs a mode in at `start()`;
@@ -20,9 +22,8 @@ imports included; tests/test_exports.py checks it):
   mode; it names no mode (what it asks of one is `_modes`);
 * below them all, `actors`: the kernel (cell, mailbox, user actor, registry).
 
-Framework adapters, metrics and tracing, the command line and the dashboard
-will be rooms of their own beside `cluster/` (DESIGN.md section 7), above the
-facade they drive.
+Metrics and tracing, the command line and the dashboard will be a room of their
+own beside `adapters/` (DESIGN.md section 7), above the facade they read.
 """
 
 from supervisors._policy import Decider, Directive, RestartPolicy, default_decider
