@@ -40,6 +40,7 @@ from slack_sdk.web.async_client import AsyncWebClient
 
 import actors
 from actors import Context, SQLiteJournal, UserActor
+from supervisors import RedisCluster
 from supervisors.adapters.bolt import (
     SlackEvent,
     by_channel,
@@ -300,6 +301,37 @@ async def test_the_event_reads_its_fields_and_travels_through_the_codec(fake: Fa
     assert again == event
     assert again.client is app.client
     assert "client" not in repr(event)
+
+
+async def test_a_cluster_run_carries_the_slack_event_through_redis(
+    fake: FakeSlack, redis_url: str
+) -> None:
+    app = make_app(fake)
+    got: list[SlackEvent] = []
+    done = asyncio.Event()
+
+    class Bot(UserActor):
+        async def on_message(self, event: SlackEvent, ctx: Context) -> None:
+            got.append(event)
+            await event.say(f"re: {event.text}")
+            done.set()
+
+    cluster = RedisCluster(
+        redis_url, n_shards=4, lease_ttl=1.0, tick=0.05, member_ttl=0.5, join_grace=0.0
+    )
+    update = message("Ev1", "C1", "through redis")
+    bridge = inorder_for(app, Bot, cluster=cluster, idle_timeout=None)
+    async with bridge:
+        response = await app.async_dispatch(signed(update))
+        assert (response.status, response.body) == (200, "")
+        await asyncio.wait_for(done.wait(), 10)
+    (event,) = got
+    assert type(event) is SlackEvent
+    sent = {name: value for name, value in update.items() if name != "token"}
+    assert event == SlackEvent(sent, app.client)
+    assert event.body == sent
+    assert event.client is app.client
+    assert fake.posts == [{"channel": "C1", "text": "re: through redis"}]
 
 
 def test_command_of_reads_slash_commands_and_chat_words() -> None:

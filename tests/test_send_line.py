@@ -41,8 +41,11 @@ def gated() -> type[Gated]:
 
 
 async def until_waiting(rt: Runtime, key: Any, n: int) -> None:
-    """Until `n` senders wait in `key`'s line (bounded; never a timed sleep)."""
-    for _ in range(1000):
+    """Until `n` senders wait in `key`'s line: a hang detector, not a timing (a sender
+    on another thread may take a while to start under load)."""
+    loop = asyncio.get_running_loop()
+    give_up = loop.time() + 10
+    while loop.time() < give_up:
         core = rt._core
         assert core is not None
         line = core.pacing.room_waiters.get(key) or ()
