@@ -116,6 +116,17 @@ async def test_each_chat_in_order_many_chats_at_once(bot: Wired) -> None:
     assert bot.rt.stats()["handled"] == 200
 
 
+async def test_updates_handled_as_concurrent_tasks_keep_their_order_under_backpressure() -> None:
+    """aiogram's polling runs each update as a task of its own (`handle_as_tasks`); with a
+    mailbox of 2, most of them wait for room, and still reach the chat in order."""
+    async with wired(max_pending=2) as w:
+        tasks = [asyncio.create_task(w.feed(update_json(n, 7, f"m{n}"))) for n in range(1, 21)]
+        await asyncio.wait_for(asyncio.gather(*tasks), 10)
+        await asyncio.wait_for(w.rt.wait_idle(), 10)
+    assert [t for _, t, _ in SEEN] == [f"m{n}" for n in range(1, 21)]
+    assert [t for _, t in w.api.sent] == [f"re: m{n}" for n in range(1, 21)]
+
+
 async def test_stop_interrupts_the_reply_in_flight_and_clears_what_waits() -> None:
     async with wired(clears=("stop",)) as w:
         await w.feed(update_json(1, 7, "hang"))

@@ -183,8 +183,12 @@ def inorder_for(
 
     dispatcher.update.outer_middleware(take)
 
-    async def started() -> None:
+    async def started(**data: Any) -> None:
         await bridge.start()
+        # This bot's username, asked once now: asked in the middleware, the first
+        # updates' tasks would each wait for it, and could reach the runtime out of order.
+        for one in {id(b): b for b in (bot, data.get("bot")) if isinstance(b, Bot)}.values():
+            await one.me()
 
     async def stopped() -> None:
         await bridge.stop()
