@@ -36,6 +36,7 @@ with warnings.catch_warnings():
 
 import actors
 from actors import Context, SQLiteJournal, UserActor
+from supervisors import RedisCluster
 from supervisors.adapters._discordpy import DEFAULT_RETRY_AFTER
 from supervisors.adapters.discordpy import (
     TAG,
@@ -329,6 +330,44 @@ async def test_a_redelivered_message_is_handled_once(fake: FakeDiscord) -> None:
         stats = bridge.runtime.stats()
     assert turns.by_key["discord:111"] == ["hello", "after"]
     assert stats["duplicates"] == 1
+
+
+# -- a cluster run ---------------------------------------------------------------------
+
+
+async def test_a_cluster_run_carries_the_discord_message_through_redis(
+    fake: FakeDiscord, redis_url: str
+) -> None:
+    seen: list[tuple[type, int, str, bool]] = []
+    received: list[discord.Message] = []
+    done = asyncio.Event()
+
+    class Replier(UserActor):
+        async def on_message(self, message: discord.Message, ctx: Context) -> None:
+            seen.append(
+                (type(message), message.id, message.content, message._state is client._connection)
+            )
+            received.append(message)
+            await message.channel.send(f"re {message.content}")
+            done.set()
+
+    client = new_client()
+    originals: list[discord.Message] = []
+
+    @client.event
+    async def on_message(message: discord.Message) -> None:  # the parser's own object
+        originals.append(message)
+
+    cluster = RedisCluster(
+        redis_url, n_shards=4, lease_ttl=1.0, tick=0.05, member_ttl=0.5, join_grace=0.0
+    )
+    inorder_for(client, Replier, cluster=cluster, idle_timeout=None)
+    async with logged_in(client) as gateway:  # login starts the runtime, close stops it
+        await gateway.message(message(1234, 111, "through redis"))
+        await asyncio.wait_for(done.wait(), WAIT)
+    assert seen == [(discord.Message, 1234, "through redis", True)]
+    assert received[0] is not originals[0]  # decoded from what Redis carried, not passed along
+    assert fake.posted == [(111, "re through redis")]
 
 
 # -- Discord's 429 ---------------------------------------------------------------------
