@@ -25,6 +25,7 @@ from aiogram.exceptions import TelegramRetryAfter
 from aiogram.types import Update
 
 from supervisors.adapters._bridge import DEFAULT_PRIORITY, Bridge
+from supervisors.adapters._telegram import chat_key, command_in, msg_id, topic_key, user_key
 
 if TYPE_CHECKING:
     from collections.abc import Awaitable, Callable, Collection
@@ -57,28 +58,23 @@ def by_chat(update: Update) -> str | None:
     moving between the two frameworks keeps its keys and journal.
     """
     context = UserContextMiddleware.resolve_event_context(update)
-    if context.chat is not None:
-        return f"telegram:{context.chat.id}"
-    return None if context.user is None else f"telegram:{context.user.id}"
+    return chat_key(context.chat, context.user)
 
 
 def by_topic(update: Update) -> str | None:
     """`"telegram:{chat_id}:{thread_id}"` for an update in a forum topic, else `by_chat`."""
     context = UserContextMiddleware.resolve_event_context(update)
-    if context.chat is not None and context.thread_id is not None:
-        return f"telegram:{context.chat.id}:{context.thread_id}"
-    return by_chat(update)
+    return topic_key(context.chat, context.thread_id, context.user)
 
 
 def by_user(update: Update) -> str | None:
     """`"telegram:user:{user_id}"`: one actor per user, across every chat they write in."""
-    user = UserContextMiddleware.resolve_event_context(update).user
-    return None if user is None else f"telegram:user:{user.id}"
+    return user_key(UserContextMiddleware.resolve_event_context(update).user)
 
 
 def msg_id_of(update: Update) -> str:
     """`"telegram:{update_id}"`: Telegram redelivers an update with the same id."""
-    return f"telegram:{update.update_id}"
+    return msg_id(update.update_id)
 
 
 def command_of(update: Update, username: str | None = None) -> str | None:
@@ -88,13 +84,7 @@ def command_of(update: Update, username: str | None = None) -> str | None:
     (`/stop@OtherBot`) when `username` (this bot's) is known.
     """
     message = update.message or update.edited_message or update.channel_post
-    text = None if message is None else message.text
-    if not text or not text.startswith("/"):
-        return None
-    name, _, addressee = text.split(maxsplit=1)[0][1:].partition("@")
-    if addressee and username is not None and addressee.lower() != username.lower():
-        return None
-    return name.lower() or None
+    return command_in(None if message is None else message.text, username)
 
 
 def retry_after_of(error: BaseException) -> float | None:

@@ -103,13 +103,9 @@ def _translating(
         async def on_message_async(self: UserActor, message: Any, ctx: Any) -> Any:
             try:
                 return await handle(self, message, ctx)
-            except RetryAfter:
-                raise
             except Exception as error:
-                seconds = translate(error)
-                if seconds is None:
-                    raise
-                raise RetryAfter(seconds) from error
+                _translated(error, translate)
+                raise
 
         namespace = {"on_message": on_message_async}
     else:
@@ -117,18 +113,23 @@ def _translating(
         def on_message(self: UserActor, message: Any, ctx: Any) -> Any:
             try:
                 return handle(self, message, ctx)
-            except RetryAfter:
-                raise
             except Exception as error:
-                seconds = translate(error)
-                if seconds is None:
-                    raise
-                raise RetryAfter(seconds) from error
+                _translated(error, translate)
+                raise
 
         namespace = {"on_message": on_message}
     namespace.update(__module__=cls.__module__, __qualname__=cls.__qualname__, __doc__=cls.__doc__)
     made: type[UserActor] = type(cls.__name__, (cls,), namespace)
     return made
+
+
+def _translated(error: Exception, translate: Callable[[BaseException], float | None]) -> None:
+    """Raise `RetryAfter` from `error` if the platform asked to wait; else return."""
+    if isinstance(error, RetryAfter):
+        return  # inorder's own: as it is
+    seconds = translate(error)
+    if seconds is not None:
+        raise RetryAfter(seconds) from error
 
 
 class Bridge:

@@ -25,6 +25,7 @@ from telegram.error import RetryAfter as TelegramRetryAfter
 from telegram.ext import Application, ApplicationHandlerStop, TypeHandler
 
 from supervisors.adapters._bridge import DEFAULT_PRIORITY, Bridge
+from supervisors.adapters._telegram import chat_key, command_in, msg_id, topic_key, user_key
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Collection
@@ -57,11 +58,7 @@ def by_chat(update: Update) -> str | None:
     key, `"telegram:{user_id}"`, which is that user's private chat; an update
     with neither (a poll's new state) is left to the application.
     """
-    chat = update.effective_chat
-    if chat is not None:
-        return f"telegram:{chat.id}"
-    user = update.effective_user
-    return None if user is None else f"telegram:{user.id}"
+    return chat_key(update.effective_chat, update.effective_user)
 
 
 def by_topic(update: Update) -> str | None:
@@ -71,21 +68,18 @@ def by_topic(update: Update) -> str | None:
     updates share the chat's key.
     """
     message = update.effective_message
-    chat = update.effective_chat
-    if message is not None and chat is not None and message.is_topic_message:
-        return f"telegram:{chat.id}:{message.message_thread_id}"
-    return by_chat(update)
+    thread = message.message_thread_id if message is not None and message.is_topic_message else None
+    return topic_key(update.effective_chat, thread, update.effective_user)
 
 
 def by_user(update: Update) -> str | None:
     """`"telegram:user:{user_id}"`: one actor per user, across every chat they write in."""
-    user = update.effective_user
-    return None if user is None else f"telegram:user:{user.id}"
+    return user_key(update.effective_user)
 
 
 def msg_id_of(update: Update) -> str:
     """`"telegram:{update_id}"`: Telegram redelivers an update with the same id."""
-    return f"telegram:{update.update_id}"
+    return msg_id(update.update_id)
 
 
 def command_of(update: Update, username: str | None = None) -> str | None:
@@ -95,13 +89,7 @@ def command_of(update: Update, username: str | None = None) -> str | None:
     (`/stop@OtherBot`) when `username` (this bot's) is known.
     """
     message = update.effective_message
-    text = None if message is None else message.text
-    if not text or not text.startswith("/"):
-        return None
-    name, _, addressee = text.split(maxsplit=1)[0][1:].partition("@")
-    if addressee and username is not None and addressee.lower() != username.lower():
-        return None
-    return name.lower() or None
+    return command_in(None if message is None else message.text, username)
 
 
 def retry_after_of(error: BaseException) -> float | None:
