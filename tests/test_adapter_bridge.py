@@ -242,3 +242,95 @@ async def test_concurrent_routes_to_a_full_mailbox_keep_the_platforms_order() ->
         assert await asyncio.wait_for(asyncio.gather(*routes), 5) == [True] * 11
         await asyncio.wait_for(b.runtime.wait_idle(), 5)
     assert got == list(range(12))
+
+
+class Fatal(BaseException):
+    """Not an Exception: the translation must not see it, nor swallow it."""
+
+
+async def test_a_base_exception_goes_past_the_translation_to_the_runtime() -> None:
+    from actors import HandlerCrashed
+
+    seen: list[BaseException] = []
+
+    def spy(error: BaseException) -> float | None:
+        seen.append(error)
+        return None
+
+    class Dies(UserActor):
+        async def on_message(self, message: Any, ctx: Context) -> Any:
+            raise Fatal("gone")
+
+    b = Bridge(Dies, platform="t", translate=spy, runtime_options={"idle_timeout": None})
+    async with b:
+        with pytest.raises(HandlerCrashed) as crashed:
+            await asyncio.wait_for(b.runtime.ask("k", "x"), 5)
+        assert isinstance(crashed.value.error, Fatal)
+    assert seen == []
+
+
+async def test_a_translated_handler_that_swallows_its_cancellation_is_still_interrupted() -> None:
+    """/stop through a bridge: the wrapped handler catches the cancel and returns a
+    result as if nothing happened; the turn still ends `Interrupted` (its late result is
+    moot), and the stop command runs after it."""
+    from actors import Interrupted
+
+    started = asyncio.Event()
+    got: list[Any] = []
+
+    class Stubborn(UserActor):
+        async def on_message(self, message: Any, ctx: Context) -> Any:
+            got.append(message)
+            if message == "long":
+                started.set()
+                try:
+                    await asyncio.sleep(3600)
+                except asyncio.CancelledError:
+                    return "finished anyway"  # swallowed
+            return message
+
+    b = Bridge(Stubborn, platform="t", translate=translate, runtime_options={"idle_timeout": None})
+    async with b:
+        reply = b.runtime.ask("k", "long")
+        await asyncio.wait_for(started.wait(), 5)
+        await b.route("/stop", "k", "id-stop", "stop")
+        with pytest.raises(Interrupted):
+            await asyncio.wait_for(reply, 5)
+        await asyncio.wait_for(b.runtime.wait_idle(), 5)
+    assert got[:2] == ["long", "/stop"]
+
+
+def test_a_blocking_translated_handler_past_its_timeout_is_a_handler_timeout() -> None:
+    """A plain-def handler, in its thread, that overruns `handler_timeout`: the caller
+    hears `HandlerTimeout`, the platform translation is not asked, the key goes on."""
+    from actors import HandlerTimeout
+    from supervisors import RestartPolicy
+
+    release = threading.Event()
+
+    class Stuck(UserActor):
+        blocking = True
+
+        def on_message(self, message: Any, ctx: Context) -> Any:
+            if message == "stuck":
+                release.wait(10)
+            return message
+
+    b = Bridge(
+        Stuck,
+        platform="t",
+        translate=translate,
+        runtime_options={
+            "idle_timeout": None,
+            "restart": RestartPolicy(handler_timeout=0.2, backoff_min=0.0, jitter=0.0),
+        },
+    )
+
+    async def run() -> Any:
+        async with b:
+            with pytest.raises(HandlerTimeout):
+                await asyncio.wait_for(b.runtime.ask("k", "stuck"), 5)
+            release.set()
+            return await asyncio.wait_for(b.runtime.ask("k", "after"), 5)
+
+    assert asyncio.run(run()) == "after"

@@ -164,3 +164,29 @@ def test_the_line_keeps_call_order_whoever_gives_up(
         *kept,
         *(f"late{j}" for j in range(late)),
     ]
+
+
+async def test_senders_waiting_in_line_when_the_runtime_stops_hear_runtime_stopped() -> None:
+    """A stop lets the whole line go, on the loop and from a thread: each sender raises
+    `RuntimeStopped` (its message was never accepted), none waits on."""
+    from actors import RuntimeStopped
+
+    bot = gated()
+    rt = Runtime(bot, max_pending=1)
+    await rt.start()
+    rt.tell("u", "wait")
+    await in_flight(rt, 1)
+    rt.tell("u", "queued")
+    on_loop = [asyncio.ensure_future(rt.send("u", n)) for n in range(3)]
+    from_thread = asyncio.ensure_future(
+        asyncio.to_thread(lambda: asyncio.run(rt.send("u", "thread", timeout=30)))
+    )
+    await until_waiting(rt, "u", 4)
+    stopping = asyncio.ensure_future(rt.stop(drain=False, timeout=1.0))
+    bot.gate.set()
+    outcomes = await asyncio.wait_for(
+        asyncio.gather(*on_loop, from_thread, return_exceptions=True), 10
+    )
+    await asyncio.wait_for(stopping, 10)
+    assert all(isinstance(o, RuntimeStopped) for o in outcomes), outcomes
+    assert "thread" not in bot.runs
