@@ -138,8 +138,9 @@ class Messaging:
         # Senders waiting for a key's room form a line (core.pacing), and get in in the
         # order they came: a new send to a key with a line joins it rather than take a
         # place that comes free first, so that per-key order holds for concurrent sends
-        # (a framework's handlers, one task per update). A priority message does not
-        # queue behind normal ones. From another thread a send joins the line once it
+        # (a framework's handlers, one task per update). A priority message tries at
+        # once, without queueing behind a line of normal ones (if it finds no room, it
+        # joins the line's end). From another thread a send joins the line once it
         # found the mailbox full: sends from threads have no order between them to keep.
         core = self._core
         place: Place | None = None
