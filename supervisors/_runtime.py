@@ -29,6 +29,8 @@ There is one stop per runtime, shared by every `stop()` call: each call gets a
 future of its own (`StopFuture`), resolved from that one stop, so a caller that
 gives up its wait (a cancelled task, `asyncio.wait_for`) cancels only its wait.
 A handler may call `stop()` (an admin `/shutdown`), but not wait for it there.
+
+`_observers.py` names `Runtime` in its types: a deliberate circle of two modules.
 """
 
 from __future__ import annotations
@@ -49,6 +51,7 @@ from supervisors._core import CLOSING, DRAINING, _Core
 from supervisors._ingress import Ingress
 from supervisors._introspection import Introspection
 from supervisors._messaging import not_started
+from supervisors._observers import Observer, check_observers, close_observers, open_observers
 from supervisors._options import RuntimeOptions
 from supervisors._policy import Directive, RestartPolicy
 from supervisors._shutdown import ShutdownSummary, StopFuture, abort, shutdown
@@ -59,7 +62,7 @@ from supervisors.durable._store import check_store, open_store
 
 if TYPE_CHECKING:
     import os
-    from collections.abc import Callable
+    from collections.abc import Callable, Sequence
     from types import TracebackType
 
     from actors._clock import Clock
@@ -125,6 +128,9 @@ class Runtime(Introspection):
         limits: named shared `Rate`s, for platform-wide limits: `await ctx.limit(name)`.
         dedup_window, dedup_max: how long (seconds) and how many handled `msg_id`s are
             remembered; a message whose id is remembered is a duplicate, not accepted.
+        observe: observers of the running runtime (`supervisors.observe`: `Metrics`,
+            `Tracing`, `AdminServer`; or the application's own `Observer`s), opened at
+            `start()` before anything else and closed once the runtime has stopped.
     """
 
     def __init__(
@@ -155,6 +161,7 @@ class Runtime(Introspection):
         limits: dict[str, Rate] | None = None,
         dedup_window: float = 3600.0,
         dedup_max: int = 100_000,
+        observe: Sequence[Observer] = (),
     ) -> None:
         self._options = RuntimeOptions(
             actor_factory,
@@ -197,6 +204,7 @@ class Runtime(Introspection):
         self._cluster = check_cluster(cluster, store)
         self._node: ClusterNode | None = None
         self._port: ClusterPort | None = None
+        self._observers = check_observers(observe)
 
     def __repr__(self) -> str:
         return f"<Runtime {self._state}>"
@@ -214,6 +222,16 @@ class Runtime(Introspection):
         loop = asyncio.get_running_loop()
         clock = self._clock if self._clock is not None else LoopClock(loop)
         log = library_logger(self._log_level)
+        # Before all else, so that an observer that cannot start (its port is taken)
+        # leaves nothing started.
+        await open_observers(self._observers, self, log)
+        try:
+            return await self._start(loop, clock, log)
+        except BaseException:
+            await close_observers(self._observers, log)
+            raise
+
+    async def _start(self, loop: asyncio.AbstractEventLoop, clock: Clock, log: Any) -> Self:
         # First, so that a journal that cannot be opened (or a Redis that cannot be
         # reached) leaves nothing started.
         durable = (
@@ -246,6 +264,8 @@ class Runtime(Introspection):
         self._loop = loop
         self._loop_thread = threading.get_ident()
         self._done = asyncio.Event()
+        for observer in self._observers:
+            observer.attached(self)
         if node is not None:
             self._join(node, core)
         if durable is not None:
@@ -396,6 +416,7 @@ class Runtime(Introspection):
             if self._durable is not None:
                 self._durable.close()  # commits what is queued: at most a few milliseconds
             self._state = "stopped"
+            await close_observers(self._observers, core.log)
             self._done.set()  # type: ignore[union-attr]
 
     async def _stopped(self) -> None:
