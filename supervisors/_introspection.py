@@ -84,13 +84,28 @@ class Introspection(Messaging):
         # After the ask (on the loop, in order): the message is journaled, or sent to
         # Redis, before its letter goes, so a crash in between leaves a duplicate, never
         # nothing.
+        self._forget_kept(letter)
+        return future
+
+    def discard(self, letter: DeadLetter) -> None:
+        """Forget a dead letter without running it (a purge), here and in the journal or
+        the cluster that keeps it.
+
+        Raises:
+            ValueError: the letter is not (or no longer) retained.
+        """
+        if not self._on_loop(lambda: self._core.outcomes.forget(letter) if self._core else False):
+            msg = f"{letter!r} is not a retained dead letter (already redelivered?)"
+            raise ValueError(msg)
+        self._forget_kept(letter)
+
+    def _forget_kept(self, letter: DeadLetter) -> None:
         journal_id = letter.journal_id
         durable, node = self._durable, self._node
         if durable is not None and isinstance(journal_id, int):
             self._on_loop(lambda: durable.forget_dead_letters([journal_id]))
         elif node is not None and isinstance(journal_id, str):
             self._on_loop(lambda: node.forget_letter(journal_id))
-        return future
 
     def _on_loop(self, fn: Callable[[], _T]) -> _T:
         loop = self._loop

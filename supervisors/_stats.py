@@ -30,6 +30,7 @@ _COUNTS = (
     "interrupted",
     "dropped",
     "dead_letters",
+    "dead_letters_kept",
     "restarts",
     "gave_up",
     "actor_failures",
@@ -53,6 +54,8 @@ def stats_of(core: _Core | None, state: str, durable: Durable | None = None) -> 
     cluster counts its own in `cluster`), `overflowed` those dropped for room, `held`
     the keys whose gate holds their next turn (a rate, a debounce window, a
     Retry-After pause), `retry_afters` the handlers that raised `RetryAfter`.
+    `dead_letters` counts every dead letter since the start, `dead_letters_kept` those
+    `dead_letters()` still holds.
     `running_by_key` maps the keys of the 20 handlers that have run longest
     (in flight, or overrunning a timeout) to their running time in seconds,
     longest first: where a stuck handler shows.
@@ -86,6 +89,7 @@ def stats_of(core: _Core | None, state: str, durable: Durable | None = None) -> 
         "interrupted": out.interrupted,
         "dropped": out.dropped,
         "dead_letters": out.dead_letter_count,
+        "dead_letters_kept": len(out.dead_letters()),
         "restarts": core.restarts,
         "gave_up": core.gave_up,
         "actor_failures": core.actor_failures,

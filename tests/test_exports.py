@@ -44,6 +44,7 @@ PACKAGES = [
     "supervisors.adapters",
     "supervisors.cluster",
     "supervisors.durable",
+    "supervisors.observe",
     "supervisors.testing",
 ]
 
@@ -270,8 +271,10 @@ def _room(module: str) -> str:
         return "surface"  # the curated __init__: what users import, above every room
     if parts[0] == "actors":
         return "journal" if parts[1:2] == ["journal"] else "kernel"
-    if parts[1] in ("adapters", "cluster", "durable", "testing"):
+    if parts[1] in ("adapters", "cluster", "durable", "observe", "testing"):
         return parts[1]
+    if parts[1] == "__main__":
+        return "observe"  # the command line (python -m supervisors) is observe's
     return "core" if parts[1] in CORE else "facade"
 
 
@@ -342,6 +345,8 @@ def test_no_import_circle_across_rooms() -> None:
     assert not {"durable", "cluster", "facade"} & (rooms["durable"] | rooms["cluster"])
     # The framework adapters sit above the facade they drive: nothing imports them.
     assert all("adapters" not in found for room, found in rooms.items() if room != "adapters")
+    # So do the observers (metrics, tracing, the admin endpoint) and the command line.
+    assert all("observe" not in found for room, found in rooms.items() if room != "observe")
 
 
 def test_each_circle_inside_a_room_is_deliberate_and_says_why() -> None:

@@ -365,6 +365,16 @@ class SQLiteJournal(JournalWriter):
                 "queued": len(self._queue),
             }
 
+    def histograms(self) -> dict[str, tuple[tuple[float, ...], list[int], float]]:
+        """Per commit since the open: `commit_seconds` (how long each transaction took)
+        and `batch_size` (operations per transaction), as (bounds, counts per bucket with
+        +Inf last, sum): what a metrics exporter turns into histograms."""
+        with self._lock:
+            return {
+                "commit_seconds": (self._commit_seconds.bounds, *self._commit_seconds.copy()),
+                "batch_size": (self._batch_sizes.bounds, *self._batch_sizes.copy()),
+            }
+
     # -- closing -------------------------------------------------------------------------
 
     def close(self) -> None:

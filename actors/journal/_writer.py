@@ -28,6 +28,7 @@ from concurrent.futures import Future
 from typing import TYPE_CHECKING, Any, Final
 
 from actors._errors import JournalClosed, JournalError
+from actors._latency import Buckets
 
 if TYPE_CHECKING:
     from actors.journal._seam import Key
@@ -43,6 +44,23 @@ __all__ = [
     "JournalWriter",
     "commit_batch",
 ]
+
+#: The commit-latency histogram's bounds (seconds) and the batch-size one's (operations).
+COMMIT_BOUNDS: Final = (
+    0.0001,
+    0.00025,
+    0.0005,
+    0.001,
+    0.0025,
+    0.005,
+    0.01,
+    0.025,
+    0.05,
+    0.1,
+    0.25,
+    1.0,
+)
+BATCH_BOUNDS: Final = (1.0, 2.0, 5.0, 10.0, 20.0, 50.0, 100.0, 200.0, 500.0, 1000.0, 2000.0, 5000.0)
 
 # Operations queued for the writer: (kind, payload, future). Kinds:
 APPEND: Final = 0  # payload: list[(seq, key, data)]
@@ -94,6 +112,9 @@ class JournalWriter:
         self._snap_generation = 0
         self._commits = 0
         self._ops_committed = 0
+        # Per commit, not per message: what the metrics exporter shows of group commit.
+        self._commit_seconds = Buckets(COMMIT_BOUNDS)
+        self._batch_sizes = Buckets(BATCH_BOUNDS)
         self._maintenances = 0
         self._thread = threading.Thread(
             target=self._run, name=f"inorder-journal:{os.path.basename(path)}", daemon=True
@@ -181,6 +202,7 @@ class JournalWriter:
                 if self._failure is not None:
                     self._fail(batch, self._failure)
                     continue
+                began = time.perf_counter()
                 try:
                     committed = commit_batch(db, batch)
                 except Exception as exc:
@@ -195,7 +217,7 @@ class JournalWriter:
                         self._room.notify_all()
                     self._fail(batch, error)
                     continue
-                self._settle(batch, committed)
+                self._settle(batch, committed, time.perf_counter() - began)
                 since_maintenance += committed
                 if since_maintenance >= self._maintain_every:
                     since_maintenance = 0
@@ -205,12 +227,16 @@ class JournalWriter:
         finally:
             db.close()
 
-    def _settle(self, batch: list[_Op], committed: bool) -> None:
+    def _settle(self, batch: list[_Op], committed: bool, seconds: float) -> None:
         """After a commit: count it, retire committed snapshot overlays, resolve futures."""
         with self._lock:
             self._busy = False
             self._commits += committed
-            self._ops_committed += sum(1 for op in batch if op[0] != BARRIER)
+            ops = sum(1 for op in batch if op[0] != BARRIER)
+            self._ops_committed += ops
+            if committed:
+                self._commit_seconds.add(seconds)
+                self._batch_sizes.add(ops)
             for kind, payload, _ in batch:
                 if kind == SNAP:
                     key, _, generation = payload
