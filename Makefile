@@ -29,7 +29,7 @@ python_for  = $(if $(filter $(1),$(PY_VERSION)),$(PY),$(or $(PYTHON_$(1)), \
                   $(shell command -v python$(1) 2>/dev/null)))
 venv_for    = $(if $(filter $(1),$(PY_VERSION)),$(VENV),$(VENV)/py$(1))
 
-.PHONY: test lint typecheck check-wheel pytest pytest-compiled compiled demo demo-cluster bench bench-quick clean $(SUITES)
+.PHONY: browser test lint typecheck check-wheel pytest pytest-compiled compiled demo demo-cluster bench bench-quick clean $(SUITES)
 
 $(BIN)/python:
 	$(PY) -m venv $(VENV)
@@ -59,7 +59,19 @@ compiled: $(COMPILED)/.built
 # each: on the pure-Python sources and on the compiled package. -k: a failing suite does
 # not hide how the others went; the summary at the end says what ran, and make test
 # fails if any suite did.
-test: lint typecheck check-wheel
+# The dashboard's browser tests drive Debian's headless Chromium and its driver. As root
+# (CI), they are installed when missing; elsewhere, those tests skip and say why.
+browser:
+	@if command -v chromium >/dev/null && command -v chromedriver >/dev/null; then :; \
+	elif [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+		echo "installing chromium and chromium-driver for the dashboard's browser tests"; \
+		{ apt-get update -qq && DEBIAN_FRONTEND=noninteractive \
+			apt-get install -y -qq chromium chromium-driver; } >/dev/null 2>&1 \
+		|| echo "could not install chromium: the dashboard's browser tests will skip"; \
+	else echo "no headless Chromium (apt-get install chromium chromium-driver):" \
+		"the dashboard's browser tests will skip"; fi
+
+test: lint typecheck check-wheel browser
 	@rm -f $(SUMMARY); start=$$SECONDS; \
 	$(MAKE) --no-print-directory -k $(SUITES); status=$$?; \
 	echo; echo "make test: ruff, mypy and the wheel check passed; the suite took $$((SECONDS - start))s:"; \

@@ -102,8 +102,8 @@ class RuntimeCollector:
         if latency is not None:
             waits, runs = latency
             for name, (counts, total), doc in (
-                ("wait_seconds", waits, "From acceptance to the handler's start."),
-                ("run_seconds", runs, "The handler's running time."),
+                ("wait_seconds", waits, "Handled messages: from acceptance to the handler start."),
+                ("run_seconds", runs, "Handled messages: the handler running time."),
             ):
                 yield HistogramMetricFamily(
                     f"{ns}_{name}", doc, buckets=_cumulative(BOUNDS, counts), sum_value=total
