@@ -29,7 +29,7 @@ python_for  = $(if $(filter $(1),$(PY_VERSION)),$(PY),$(or $(PYTHON_$(1)), \
                   $(shell command -v python$(1) 2>/dev/null)))
 venv_for    = $(if $(filter $(1),$(PY_VERSION)),$(VENV),$(VENV)/py$(1))
 
-.PHONY: browser test lint typecheck check-wheel pytest pytest-compiled compiled demo demo-cluster bench bench-quick clean $(SUITES)
+.PHONY: browser test lint typecheck check-wheel pytest pytest-compiled compiled demo demo-cluster demo-dashboard bench bench-quick clean $(SUITES)
 
 $(BIN)/python:
 	$(PY) -m venv $(VENV)
@@ -136,6 +136,10 @@ pytest-compiled: $(COMPILED)/.built
 
 demo: $(STAMP)
 	$(BIN)/python -m examples.chat_backend
+
+# A simulated bot with its dashboard and /metrics on 127.0.0.1:8321 (until Ctrl-C).
+demo-dashboard: $(STAMP)
+	$(BIN)/python -m examples.dashboard_demo $(DEMO_ARGS)
 
 # Three node processes and a producer on an embedded Valkey server (127.0.0.1), one node
 # killed midway. Options go in DEMO_ARGS, e.g. make demo-cluster DEMO_ARGS="--users 60".

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import socket
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -279,3 +281,16 @@ async def test_the_source_of_a_runtime_before_its_start() -> None:
     assert await source.dead_letters() == []
     assert await source.redeliver("m1") is False
     assert await source.purge() == 0
+
+
+def test_the_dashboard_demo_serves_and_stops() -> None:
+    root = Path(__file__).resolve().parent.parent
+    done = subprocess.run(
+        [sys.executable, "-m", "examples.dashboard_demo", "--port", "0", "--seconds", "1"],
+        cwd=root, capture_output=True, text=True, timeout=60, check=False,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    first, last = done.stdout.splitlines()[0], done.stdout.splitlines()[-1]
+    assert first.startswith("dashboard: http://127.0.0.1:")
+    assert last.startswith("stopped: ")
+    assert "Traceback" not in done.stderr
