@@ -11,6 +11,7 @@ recording costs nothing more.
 from __future__ import annotations
 
 import math
+from bisect import bisect_left
 from typing import final
 
 __all__ = ["BOUNDS", "Buckets", "Latencies"]
@@ -35,13 +36,8 @@ class Buckets:
         self.sum = 0.0
 
     def add(self, value: float) -> None:
-        """Count one value: a scan, since most values fall in the first buckets."""
-        bounds = self.bounds
-        i = 0
-        n = len(bounds)
-        while i < n and value > bounds[i]:
-            i += 1
-        self.counts[i] += 1
+        """Count one value (in the first bucket whose bound is >= it: Prometheus' `le`)."""
+        self.counts[bisect_left(self.bounds, value)] += 1
         self.sum += value
 
     def copy(self) -> tuple[list[int], float]:

@@ -231,6 +231,7 @@ def all_scenarios() -> list[Scenario]:
         _features,
         _load,
         _memory,
+        _observe,
         _throughput,
     )
 
@@ -243,6 +244,7 @@ def all_scenarios() -> list[Scenario]:
         *_durable.SCENARIOS,
         *_cluster.SCENARIOS,
         *_features.SCENARIOS,
+        *_observe.SCENARIOS,
     ]
 
 

@@ -12,10 +12,13 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 from prometheus_client import CollectorRegistry, start_http_server
 from prometheus_client.parser import text_string_to_metric_families
 
 from actors import Context, UserActor
+from actors._latency import BOUNDS, Latencies
 from supervisors import RedisCluster, RestartPolicy, Runtime
 from supervisors.observe import Metrics, RuntimeCollector, _optional
 
@@ -192,3 +195,35 @@ async def test_two_runtimes_share_a_registry_under_two_namespaces(
         families = await scrape()
     assert value(families, "bot_a_messages", outcome="handled") == 1
     assert value(families, "bot_b_messages", outcome="handled") == 0
+
+
+@given(st.lists(st.floats(min_value=0.0, max_value=500.0), max_size=200))
+def test_buckets_count_each_value_once_under_its_le(values: list[float]) -> None:
+    """Prometheus' `le`: a bucket counts the values at most its bound, cumulatively."""
+    latencies = Latencies()
+    latencies.record(1.0, 1.0)  # before count_buckets(): not counted
+    latencies.count_buckets()
+    for v in values:
+        latencies.record(v, v / 2)
+    found = latencies.buckets()
+    assert found is not None
+    (waits, wait_sum), (runs, run_sum) = found
+    assert sum(waits) == sum(runs) == len(values)
+    running = 0
+    for bound, count in zip((*BOUNDS, math.inf), waits, strict=True):
+        running += count
+        assert running == sum(1 for v in values if v <= bound)
+    assert wait_sum == pytest.approx(sum(values))
+    assert run_sum == pytest.approx(sum(values) / 2)
+
+
+def test_a_value_on_a_bound_is_in_that_bucket() -> None:
+    latencies = Latencies()
+    assert latencies.buckets() is None
+    latencies.count_buckets()
+    latencies.count_buckets()  # idempotent: counts kept
+    latencies.record(BOUNDS[0], BOUNDS[-1] + 1)
+    found = latencies.buckets()
+    assert found is not None
+    assert found[0][0][0] == 1
+    assert found[1][0][-1] == 1  # past the last bound: +Inf
