@@ -198,12 +198,18 @@ def check_observe(agg: Aggregate, params: Params) -> list[Check]:
     for case in (tell_case(params), ask_case(params)):
         name = case.split(",")[0]
         checks.append(
-            at_least(f"{name} with metrics ≥ {METRICS_RATIO:g}x without",
-                     _ratio(agg, case, METRICS), METRICS_RATIO)  # fmt: skip
+            at_least(
+                f"{name} with metrics ≥ {METRICS_RATIO:g}x without",
+                _ratio(agg, case, METRICS),
+                METRICS_RATIO,
+            )
         )
         checks.append(
-            at_least(f"{name} with a span per message ≥ {TRACING_RATIO:g}x without",
-                     _ratio(agg, case, TRACING), TRACING_RATIO)  # fmt: skip
+            at_least(
+                f"{name} with a span per message ≥ {TRACING_RATIO:g}x without",
+                _ratio(agg, case, TRACING),
+                TRACING_RATIO,
+            )
         )
     return checks
 
