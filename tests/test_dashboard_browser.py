@@ -17,7 +17,7 @@ from typing import Any
 import pytest
 
 from actors import Context, UserActor
-from supervisors import RestartPolicy, Runtime
+from supervisors import RedisCluster, RestartPolicy, Runtime
 from supervisors.observe import AdminServer
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
@@ -139,3 +139,19 @@ def test_the_page_says_when_it_is_not_let_in_or_the_runtime_is_gone(browser: Any
         wait_for(browser, lambda d: text(d, "state") == "running")
     # The runtime has stopped, and its endpoint with it: the page says so.
     wait_for(browser, lambda d: "did not answer" in text(d, "error"))
+
+
+def test_a_cluster_node_shows_its_shards(browser: Any, redis_url: str) -> None:
+    cluster = RedisCluster(redis_url, n_shards=4, lease_ttl=1.0, tick=0.1, member_ttl=0.5,
+                           join_grace=0.0)  # fmt: skip
+    admin = AdminServer(port=0, refresh=0.2)
+    with Runtime(Agent, cluster=cluster, observe=[admin]) as rt:
+        assert rt.ask("telegram:1", "hello").get(timeout=30) == "hello"
+        browser.get(f"{admin.url}/")
+        wait_for(browser, lambda d: text(d, "shards").count("\n") == 3)  # four rows
+        node = rt.stats()["cluster"]["node"]
+        rows = [line.split("\t") for line in text(browser, "shards").splitlines()]
+        assert [r[0] for r in rows] == ["0", "1", "2", "3"]
+        assert {r[1] for r in rows} == {node}
+        assert "takeovers" in text(browser, "cluster_totals")
+        assert text(browser, "node") == f"node {node}"
