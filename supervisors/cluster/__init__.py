@@ -22,8 +22,14 @@ What happens when, for `Runtime(Bot, cluster=RedisCluster(url))`:
 
 `_state.py` holds what these parts share: the node's state, shards, items and
 replies. Users import `RedisCluster` from `supervisors`.
+
+**Inspection**: every node publishes a summary of its figures every few seconds
+(`_summary.py`); `ClusterInspector` (`_inspect.py`) reads those, the shards'
+leases, lag and dead letters straight from Redis, and redelivers or purges dead
+letters, with no node of its own (the command line's `status --redis`).
 """
 
+from supervisors.cluster._inspect import ClusterInspector
 from supervisors.cluster._options import RedisCluster
 
-__all__ = ["RedisCluster"]
+__all__ = ["ClusterInspector", "RedisCluster"]

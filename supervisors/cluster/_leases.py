@@ -6,7 +6,8 @@ one script (a lease not renewed is lost: `_lose`), then the plan of
 supervisors/cluster/_shards.py: free leases this node should hold are acquired (each
 starts a takeover), shards another live node should hold are handed off
 (drained, then released). A node that cannot reach Redis for 0.8 x `lease_ttl`
-drops its shards (self-fencing).
+drops its shards (self-fencing). Every few seconds the tick also publishes the
+node's summary for `ClusterInspector` (supervisors/cluster/_summary.py).
 """
 
 from __future__ import annotations
@@ -108,6 +109,7 @@ class Leases(NodeState):
                     task.add_done_callback(self._forget_task)
         await self._handoffs(force=False)
         await self._measure_lag()
+        await self.summaries.maybe_publish(self, now_ms)  # every few ticks; never raises
 
     def _forget_task(self, task: asyncio.Task[None]) -> None:
         with contextlib.suppress(ValueError):

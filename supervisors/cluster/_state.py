@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any
 
 from actors._errors import CodecError, Dropped, Interrupted, RecordedError
 from actors._outcomes import DeadLetter
+from supervisors.cluster._summary import SummaryPublisher
 
 if TYPE_CHECKING:
     from actors._future import LoopFuture
@@ -106,6 +107,7 @@ class NodeState:
         self.ns = ns
         self.reply_key = f"{ns}:reply:{self.node_id}"
         self.members_key = f"{ns}:members"
+        self.summaries = SummaryPublisher(ns, self.node_id, config.tick)  # for the inspector
         self.owned: dict[int, Shard] = {}
         self.inflight: dict[int, Item] = {}
         # msg_ids read and not yet committed, with the item that has each: a copy read
