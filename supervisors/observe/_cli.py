@@ -7,6 +7,7 @@
     inorder journal check FILE [--json]
     inorder journal compact FILE [--json]
     inorder journal export FILE [--out PATH|-]
+    inorder dashboard (--redis URL | --journal FILE) [--host H] [--port N] [--token T]
 
 What happens when:
 
@@ -47,8 +48,8 @@ an exit code (`EXIT_CODES`, also in every `--help`):
 Output goes to stdout. `--token` defaults to `$INORDER_ADMIN_TOKEN` (a token on
 the command line shows in the process list). The tables need rich (the
 `cli` extra); without it every command stops with a line naming
-`pip install 'inorder[cli]'` (exit 2). The `dashboard` command (the admin
-endpoint's page over any `Source`) belongs in `COMMANDS`.
+`pip install 'inorder[cli]'` (exit 2). `dashboard` serves the admin
+endpoint's page over a cluster or a journal file (`_cli_dashboard.py`).
 """
 
 from __future__ import annotations
@@ -63,6 +64,7 @@ import time
 from typing import TYPE_CHECKING, Any, Final, NoReturn
 
 from supervisors.cluster._options import redact_url
+from supervisors.observe._cli_dashboard import add_dashboard_arguments, serve_dashboard
 from supervisors.observe._cli_targets import (
     FAILED,
     NOT_AUTHORIZED,
@@ -156,6 +158,8 @@ def build_parser() -> argparse.ArgumentParser:
     purge.add_argument("--all", action="store_true", help="every dead letter")
     for action in (listing, again, purge):
         _targets(action, journal=True)
+    board = commands.add_parser("dashboard", help="serve the dashboard page", **common)
+    add_dashboard_arguments(board)
     journal = commands.add_parser("journal", help="a journal file, offline", **common)
     tools = journal.add_subparsers(dest="action", required=True, metavar="ACTION")
     for name, text in (
@@ -358,7 +362,13 @@ def _export(args: argparse.Namespace, journal: Any) -> int:
     return OK
 
 
+async def _dashboard(args: argparse.Namespace) -> int:
+    async with open_target(args) as source:
+        return await serve_dashboard(source, args)
+
+
 COMMANDS: Final[dict[str, Callable[[argparse.Namespace], Coroutine[Any, Any, int]]]] = {
+    "dashboard": _dashboard,
     "status": _status,
     "dead-letters": _dead_letters,
     "journal": _journal,
