@@ -20,6 +20,7 @@ of one concept (the cell) split in two for the compiler, not two rooms.
 from __future__ import annotations
 
 import asyncio
+import contextvars
 from typing import TYPE_CHECKING, Any
 
 from actors._user_actor import HANDLER_ASYNC, HANDLER_SYNC
@@ -113,7 +114,10 @@ async def in_thread(cell: Cell, handler: Any, message: Any, ctx: Context) -> Any
     """
     host = cell.host
     envelope: Envelope = cell.current  # type: ignore[assignment]
-    future = host.loop.run_in_executor(host.executor(), handler, message, ctx)
+    # In the turn's context, as asyncio.to_thread does: the handler sees its contextvars
+    # (the message's span, with tracing on).
+    context = contextvars.copy_context()
+    future = host.loop.run_in_executor(host.executor(), context.run, handler, message, ctx)
     while True:
         try:
             return await asyncio.shield(future)

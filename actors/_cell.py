@@ -269,6 +269,7 @@ class Cell(Turn):
             self.current = None
             self._cut = None
             self.late = envelope
+            self._traced("interrupted", None)
             self.host.outcomes.on_interrupted(self.key, envelope, "shutdown")
         return envelope
 

@@ -38,8 +38,9 @@ class Envelope:
     """A message plus what the runtime needs to deliver it.
 
     pykka's envelope fields (`message`, `reply_to`) with the priority, the
-    acceptance time (for wait latency), the attempt number (for retries) and,
-    with a durable store, the journal's sequence number.
+    acceptance time (for wait latency), the attempt number (for retries),
+    with a durable store the journal's sequence number, and with tracing on the
+    sender's trace context (`trace`: opaque here, see supervisors/observe/_tracing.py).
     Not a subclass of pykka's `Envelope`, which is generic: a compiled class
     cannot extend it (see `setup.py`), and nothing in pykka checks the type.
 
@@ -63,6 +64,7 @@ class Envelope:
         "reply_to",
         "riders",
         "seq",
+        "trace",
     )
 
     def __init__(
@@ -86,6 +88,9 @@ class Envelope:
         # Messages whose outcome is this one's: the rest of a `Batch`, or what a steering
         # turn took (`ctx.take_new()`). They left the mailbox; they are settled with it.
         self.riders: list[Envelope] | None = None
+        # With tracing on: the trace context active where it was sent (an OpenTelemetry
+        # context, or its W3C `traceparent` text once it crossed a journal or Redis).
+        self.trace: Any = None
 
     def __repr__(self) -> str:
         return f"Envelope({self.message!r}, priority={self.priority}, attempt={self.attempt})"

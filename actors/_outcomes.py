@@ -6,6 +6,10 @@ outcome, records latency samples, and sends failed and dropped messages to the
 dead letters (a bounded record plus an optional callback). Nothing else in the
 runtime resolves a message, so "exactly one" is checked in one place: an
 envelope's `reply_to` is resolved first-wins and each method counts once.
+
+With tracing on, a `TraceHook` (supervisors/observe/_tracing.py implements it)
+is told of every handler run and of every drop; off, `Outcomes.tracer` is None
+and nothing is asked of it.
 """
 
 from __future__ import annotations
@@ -25,7 +29,7 @@ if TYPE_CHECKING:
 
     from actors._mailbox import Envelope
 
-__all__ = ["DeadLetter", "DedupHook", "JournalHook", "Outcomes"]
+__all__ = ["DeadLetter", "DedupHook", "JournalHook", "Outcomes", "TraceHook"]
 
 # Drops the application asked for: a /clear, a shutdown, a ttl, a withdrawn ask.
 _REQUESTED = frozenset({"cleared", "shutdown", "expired", "withdrawn"})
@@ -90,6 +94,34 @@ class DedupHook(Protocol):
         """The message sent with `msg_id` got its outcome (`error` None: handled)."""
 
 
+class TraceHook(Protocol):
+    """What the runtime tells a tracer (`supervisors.observe.Tracing`), with tracing on.
+
+    The kernel holds what `capture` returns as an opaque value (`Envelope.trace`)
+    and each `begin`'s result until its `end`: it never looks inside either.
+    """
+
+    def capture(self) -> Any:
+        """The trace context of the caller (never None: a marker for none), at a call site."""
+
+    def carry(self, envelope: Envelope, trace: Any, record: bytes | None) -> bytes | None:
+        """An accepted message keeps its trace context: what `capture` gave off the loop,
+        or None to capture it now (on the loop, in the caller's context). Returns its
+        journal record (`record`, with a store), the context added to it."""
+
+    def wire(self, trace: Any) -> str | None:
+        """What `capture` gave, as text for Redis (None: no trace context)."""
+
+    def begin(self, key: str | int, envelope: Envelope, wait: float) -> Any:
+        """A handler starts on `envelope` after `wait` seconds in the mailbox: its span."""
+
+    def end(self, span: Any, outcome: str, error: BaseException | None) -> None:
+        """The handler run that `begin` returned `span` for ended with `outcome`."""
+
+    def dropped(self, key: str | int, envelope: Envelope, reason: str) -> None:
+        """`envelope` was dropped without (another) run of its handler."""
+
+
 class Outcomes:
     """Counts, resolves and dead-letters the outcome of every accepted message."""
 
@@ -107,6 +139,7 @@ class Outcomes:
         "latency",
         "log",
         "retry_afters",
+        "tracer",
     )
 
     def __init__(
@@ -133,6 +166,8 @@ class Outcomes:
         # With deduplication on: told the outcome of every message sent with a msg_id.
         self.dedup: DedupHook | None = None
         self.retry_afters = 0  # handlers that raised RetryAfter (not outcomes)
+        # With tracing on (an observer sets it before anything is accepted): the tracer.
+        self.tracer: TraceHook | None = None
 
     def total(self) -> int:
         """How many messages have an outcome."""
@@ -230,6 +265,8 @@ class Outcomes:
     ) -> None:
         """The message was discarded without (another) run of the handler."""
         self.dropped += 1
+        if self.tracer is not None:
+            self.tracer.dropped(key, envelope, reason)
         if envelope.expiry is not None:
             envelope.expiry.cancel()
             envelope.expiry = None

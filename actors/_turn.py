@@ -19,6 +19,8 @@ These steps, and what cuts a handler short, are the `Turn` part of a cell:
   and runs on as `late`; still running `OVERRUN_GRACE` seconds later it is
   reported (`handler_overran`). The cell lets nothing else of the key run until
   it returns (G2).
+* **traced** (tracing on): `take` begins the run's span, the step that settles
+  the run ends it (`_traced`). Off: one `is None` check in `take`, one in `finish`.
 
 Everything here is a plain method (no coroutine), which is what lets it be
 compiled (setup.py). `Cell` (actors/_cell.py) adds the key's lifecycle.
@@ -47,6 +49,7 @@ if TYPE_CHECKING:
     from actors._host import Host
     from actors._knobs import Knobs
     from actors._mailbox import Envelope
+    from actors._outcomes import TraceHook
     from actors._user_actor import Context, UserActor
 
 __all__ = ["Turn"]
@@ -62,9 +65,11 @@ class Turn(Mailbox):
         "_cut",
         "_flagged",
         "_given",
+        "_span",
         "_started",
         "_steer",
         "_timer",
+        "_tracer",
         "actor",
         "ctx",
         "current",
@@ -102,6 +107,8 @@ class Turn(Mailbox):
         self.payload: Any = None  # what a batching class's handler gets: the turn's Batch
         self._given = 0  # how many of the turn's riders the handler has seen
         self._steer: Any = None  # the future a `ctx.next_message()` awaits
+        self._tracer: TraceHook | None = host.outcomes.tracer  # tracing on (set before cells)
+        self._span: Any = None  # then: the span of the handler run in flight
 
     # -- cutting the handler in flight short ------------------------------------
 
@@ -173,6 +180,9 @@ class Turn(Mailbox):
             self._boarding(envelope)
         self.current = envelope
         started = self._started = host.now()
+        tracer = self._tracer
+        if tracer is not None:
+            self._span = tracer.begin(self.key, envelope, started - envelope.accepted_at)
         timeout = host.handler_timeout
         if timeout is not None:
             self._timer = host.clock.call_at(started + timeout, self._timed_out)
@@ -204,12 +214,15 @@ class Turn(Mailbox):
                 host.outcomes.settled(envelope, result)
             if host.trace:
                 self._trace(envelope, started, ran)
+            if self._span is not None:
+                self._traced("handled", None)
             return True
         self._cut = None
         self._uncancel()
         if cut == "timeout":
             self._fail(envelope, HandlerTimeout(self.key, timeout))  # type: ignore[arg-type]
             return False
+        self._traced("interrupted", None)
         host.outcomes.on_interrupted(self.key, envelope, cut)
         return True
 
@@ -229,6 +242,7 @@ class Turn(Mailbox):
             self._disarm()
             self.current = None
             self._cut = None
+            self._traced("interrupted", None)
             self.host.outcomes.on_interrupted(self.key, envelope, "shutdown")
             return RERAISE
         if cut is not None:
@@ -372,6 +386,7 @@ class Turn(Mailbox):
         """The handler raised `RetryAfter`: the same message (and its riders) runs again
         after `seconds`; the key waits for it."""
         host = self.host
+        self._traced("retry_after", None)
         self.current = None
         self.put_front(envelope)
         host.pending += 1
@@ -402,7 +417,15 @@ class Turn(Mailbox):
             depth=self._size,
         )
 
+    def _traced(self, outcome: str, error: BaseException | None) -> None:
+        """The handler run in flight ended with `outcome`: its span ends (tracing on)."""
+        span = self._span
+        if span is not None:
+            self._span = None
+            self._tracer.end(span, outcome, error)  # type: ignore[union-attr]
+
     def _fail(self, envelope: Envelope, error: BaseException) -> None:
+        self._traced("failed", error)
         self.current = None
         self._cut = None
         self.state = SUSPENDED
@@ -430,6 +453,7 @@ class Turn(Mailbox):
         else:  # an interrupt or a shutdown asked it to stop already: that is its outcome
             self.current = None
             self._cut = None
+            self._traced("interrupted", None)
             host.outcomes.on_interrupted(self.key, envelope, cut)
 
     def _overran(self, envelope: Envelope) -> None:

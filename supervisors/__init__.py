@@ -1,8 +1,8 @@
 """inorder supervisors: the `Runtime` facade, restart policies, and the runtime's modes.
 
 Users import from here: `Runtime(Bot, ...)`, `RestartPolicy`, `Directive`,
-`RedisCluster` (the options of the cluster mode) and `ShutdownSummary` (what a
-stop returns). What happens when a runtime runs is told in supervisors/_runtime.py.
+`RedisCluster` (the options of the cluster mode), `ShutdownSummary` (what a
+stop returns) and `Observer` (what `observe=` takes). What happens when a runtime runs is told in supervisors/_runtime.py.
 
 The rooms of the package, each importing only from the rooms below it (type-only
 imports included; tests/test_exports.py checks it):
@@ -22,10 +22,13 @@ imports included; tests/test_exports.py checks it):
   mode; it names no mode (what it asks of one is `_modes`);
 * below them all, `actors`: the kernel (cell, mailbox, user actor, registry).
 
-Metrics and tracing, the command line and the dashboard will be a room of their
-own beside `adapters/` (DESIGN.md section 7), above the facade they read.
+* `observe/`: metrics (Prometheus), tracing (OpenTelemetry), the admin endpoint
+  and its dashboard, and the command line (`python -m supervisors`), optional
+  extras beside `adapters/`, above the facade they read; nothing imports them. The
+  facade knows them only as `Observer`s (`Runtime(..., observe=[...])`).
 """
 
+from supervisors._observers import Observer
 from supervisors._policy import Decider, Directive, RestartPolicy, default_decider
 from supervisors._runtime import Runtime, ShutdownSummary
 from supervisors.cluster._options import RedisCluster
@@ -33,6 +36,7 @@ from supervisors.cluster._options import RedisCluster
 __all__ = [
     "Decider",
     "Directive",
+    "Observer",
     "RedisCluster",
     "RestartPolicy",
     "Runtime",

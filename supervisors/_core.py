@@ -45,7 +45,7 @@ if TYPE_CHECKING:
     from actors._cell import Cell
     from actors._clock import Clock
     from actors._knobs import Knobs, Rate
-    from actors._outcomes import Outcomes
+    from actors._outcomes import Outcomes, TraceHook
     from actors._registry import RegistryActor
     from actors._user_actor import UserActor
     from supervisors._dedup import Dedup
@@ -56,12 +56,7 @@ if TYPE_CHECKING:
     from supervisors._snapshots import Snapshots
     from supervisors._supervisor import SupervisorActor
 
-__all__ = [
-    "CLOSING",
-    "DRAINING",
-    "RUNNING",
-    "STOPPED",
-]
+__all__ = ["CLOSING", "DRAINING", "RUNNING", "STOPPED"]
 
 # The runtime's phases, as the router sees them (`_Core.phase`).
 RUNNING = 0  # accepts everything
@@ -155,6 +150,7 @@ class _Core(Host):
         # The durable store or the cluster node: told when a tracked message (seq != 0)
         # starts and when it is handled.
         self.tracker: Tracker | None = None
+        self.tracer: TraceHook | None = None  # tracing on: outcomes.tracer, set before any use
         self.snapshots: Snapshots | None = None
         pacing = self.pacing = Pacing(self, factory, clock, loop, knobs, limits)
         self.default_knobs = pacing.default_knobs
@@ -231,12 +227,15 @@ class _Core(Host):
         ttl: float | None,
         record: bytes | None = None,
         msg_id: str | None = None,
+        trace: Any = None,
     ) -> None:
         """Accept a validated message whose room is known to be there (it may be reserved).
 
-        `record` is its journal record, with a durable store.
+        `record`: its journal record (a store); `trace`: its trace context, if taken off the loop.
         """
         envelope = Envelope(message, reply_to, priority, self.now())
+        if self.tracer is not None:  # the sender's trace context, kept (and journaled)
+            record = self.tracer.carry(envelope, trace, record)
         self.accepted += 1
         if msg_id is not None:
             envelope.msg_id = msg_id
@@ -275,6 +274,7 @@ class _Core(Host):
         attempt: int,
         redelivered: bool,
         msg_id: str | None = None,
+        trace: str | None = None,
     ) -> None:
         """Accept a message this node read from its shard's stream (cluster mode).
 
@@ -290,6 +290,7 @@ class _Core(Host):
         envelope.attempt = attempt
         envelope.redelivered = redelivered
         envelope.msg_id = msg_id  # for `Item.msg_id`: the cluster deduplicates in Redis
+        envelope.trace = trace  # the sender's trace context, as text (tracing on there)
         self.accepted += 1
         if reply_to is not None:
             reply_to._cell = cell
@@ -341,6 +342,7 @@ class _Core(Host):
                 item.ttl,
                 item.record,
                 item.msg_id,
+                item.trace,
             )
         else:
             self.drop_late(item.key, item.message, item.priority, item.reply_to, item.record)

@@ -61,6 +61,7 @@ class Submission(NamedTuple):
     record: bytes | None  # its journal record (encoded at the call site), with a durable store
     receipt: Future[None] | None  # an awaitable `send`'s: resolved once it is durable
     msg_id: str | None  # deduplicated on the loop
+    trace: Any  # with tracing on: the trace context of the call site (else None)
 
 
 class Ingress:
@@ -115,6 +116,7 @@ class Ingress:
         record: bytes | None = None,
         receipt: Future[None] | None = None,
         msg_id: str | None = None,
+        trace: Any = None,
     ) -> None:
         """Reserve room for one validated call and queue it for the loop (any thread).
 
@@ -157,6 +159,7 @@ class Ingress:
                 record,
                 receipt,
                 msg_id,
+                trace,
             ),
         )
         self._items.append(item)

@@ -325,6 +325,8 @@ class Messaging:
             raise RuntimeStopped(msg)
         durable = self._durable
         record = None if durable is None else durable.encode(key, message, priority, ttl, msg_id)
+        # Tracing on: the context is this thread's, so it is taken here, not on the loop.
+        trace = None if core.tracer is None else core.tracer.capture()
         ingress.submit(  # type: ignore[union-attr]
             key,
             message,
@@ -337,6 +339,7 @@ class Messaging:
             record,
             receipt,
             msg_id,
+            trace,
         )
 
     def _context_tell(

@@ -393,7 +393,7 @@ class Runtime(Introspection):
             core.tracker = core.outcomes.journal = node
         node.run(core if node.config.role == "node" else None)
         self._node = node
-        self._port = ClusterPort(node, self._codec, core.loop)
+        self._port = ClusterPort(node, self._codec, core.loop, core.tracer)
         self._accept = self._port.accept
 
     async def _shutdown(self, drain: bool, timeout: float) -> ShutdownSummary:

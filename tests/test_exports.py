@@ -27,8 +27,11 @@ PUBLIC = {
         "RuntimeStopped", "SQLiteJournal", "StopFromHandler", "UserActor",
     },
     "supervisors": {
-        "Decider", "Directive", "RedisCluster", "RestartPolicy", "Runtime",
+        "Decider", "Directive", "Observer", "RedisCluster", "RestartPolicy", "Runtime",
         "ShutdownSummary", "default_decider",
+    },
+    "supervisors.observe": {
+        "AdminServer", "Metrics", "RuntimeCollector", "RuntimeSource", "Source", "Tracing",
     },
     "supervisors.testing": {
         "REDIS_URL_ENV", "EmbeddedRedis", "ExternalRedis", "RedisServer", "RedisStartError",

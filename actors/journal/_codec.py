@@ -51,7 +51,11 @@ envelope is the array [version, key, priority, attempt, accepted_at, msg_id,
 message, expires_at], the message being the bytes `dumps` gives, so that a
 record whose message no longer decodes still tells its key and id;
 `accepted_at` and `expires_at` are wall-clock seconds (`time.time()`) as
-floats, `expires_at` nil for a message sent without a ttl.
+floats, `expires_at` nil for a message sent without a ttl. With tracing on
+(supervisors/observe) a ninth field may follow: `trace`, the sender's trace
+context as text (a W3C `traceparent`). It is written only when there is one,
+so an untraced record costs nothing more, and a record of eight fields (all
+written before tracing existed) still decodes, with `trace` None.
 
 The walking of values and the bounded decoding are in `_codec_format.py`.
 """
@@ -97,8 +101,9 @@ DEFAULT_MAX_SIZE: Final = 1_048_576
 ENVELOPE_VERSION: Final = 1
 
 _TAG_MAX_LEN: Final = 200
-# version, key, priority, attempt, accepted_at, msg_id, message, expires_at
+# version, key, priority, attempt, accepted_at, msg_id, message, expires_at[, trace]
 _ENVELOPE_FIELDS: Final = 8
+_TRACE_MAX_LEN: Final = 1024  # a traceparent is 55 characters; a tracestate at most 512
 
 
 @final
@@ -122,6 +127,8 @@ class EnvelopeRecord:
     expires_at: float | None = None
     """When it expires, in wall-clock seconds (`time.time()`), if it was sent with a
     ttl; None if it never expires."""
+    trace: str | None = None
+    """The trace context it was sent under (tracing on), as text; else None."""
 
 
 @final
@@ -253,18 +260,20 @@ class Codec(CodecFormat):
         accepted_at: float,
         msg_id: str | None = None,
         expires_at: float | None = None,
+        trace: str | None = None,
     ) -> bytes:
         """Encode a journaled message with its envelope, in the current format version.
 
         `accepted_at` and `expires_at` are wall-clock times (`time.time()`);
         `expires_at` is when a message sent with a ttl expires, None for one sent
-        without. An int given for either is stored as a float.
+        without. An int given for either is stored as a float. `trace` (text, e.g. a
+        W3C `traceparent`) is the trace context it was sent under, None for none.
 
         Raises `CodecError` before anything is written if the message cannot be
         encoded, if the record would exceed `max_size`, or if a field has the
         wrong type (`key` a non-empty str or an int, `priority` and `attempt`
         ints >= 0, `accepted_at` a number, `msg_id` a str or None, `expires_at`
-        a number or None).
+        a number or None, `trace` a str of at most 1024 characters or None).
         """
         accepted_at = _int_to_float(accepted_at, "accepted_at")
         expires_at = _int_to_float(expires_at, "expires_at")
@@ -281,11 +290,27 @@ class Codec(CodecFormat):
             body = packb(message)  # a scalar: nothing to walk (the common chat message)
         else:
             body = self._encode(message, "message")
-        record = packb(
-            [ENVELOPE_VERSION, key, priority, attempt, accepted_at, msg_id, body, expires_at]
-        )
+        fields = [ENVELOPE_VERSION, key, priority, attempt, accepted_at, msg_id, body, expires_at]
+        if trace is not None:
+            _check_trace(trace)
+            fields.append(trace)
+        record = packb(fields)
         self._check_size(len(record), "envelope")
         return record
+
+    def with_trace(self, record: bytes, trace: str) -> bytes:
+        """`record` (what `encode_envelope` wrote without a trace) with `trace` added.
+
+        For a record encoded before its trace context was known (a durable store
+        encodes at the call site, the runtime adds the context as it accepts it):
+        the array's header gains a field, nothing else is re-encoded. A record that
+        would grow past `max_size`, or that has its trace already, is returned as is.
+        """
+        _check_trace(trace)
+        if record[:1] != _EIGHT_FIELDS:
+            return record
+        traced = _NINE_FIELDS + record[1:] + packb(trace)
+        return record if len(traced) > self._max_size else traced
 
     def decode_envelope(self, data: bytes | bytearray | memoryview) -> EnvelopeRecord:
         """Decode what `encode_envelope` wrote, message included.
@@ -302,10 +327,15 @@ class Codec(CodecFormat):
                 f"unknown envelope format version {record[0]} "
                 f"(this version of inorder reads version {ENVELOPE_VERSION})"
             )
+        trace = None
+        if len(record) == _ENVELOPE_FIELDS + 1:  # the optional trace context
+            trace = record.pop()
+            if type(trace) is not str or len(trace) > _TRACE_MAX_LEN:
+                raise CodecError("malformed envelope: its trace context is not a short str")
         if len(record) != _ENVELOPE_FIELDS:
             raise CodecError(
                 f"malformed envelope: {len(record)} fields, version "
-                f"{ENVELOPE_VERSION} has {_ENVELOPE_FIELDS}"
+                f"{ENVELOPE_VERSION} has {_ENVELOPE_FIELDS} (and an optional trace)"
             )
         _, key, priority, attempt, accepted_at, msg_id, body, expires_at = record
         _check_envelope_fields(key, priority, attempt, accepted_at, msg_id, expires_at)
@@ -318,7 +348,9 @@ class Codec(CodecFormat):
                 f"cannot decode the message of the envelope for key {short(key)} "
                 f"(msg_id {short(msg_id)}): {exc}"
             ) from exc
-        return EnvelopeRecord(key, message, priority, attempt, accepted_at, msg_id, expires_at)
+        return EnvelopeRecord(
+            key, message, priority, attempt, accepted_at, msg_id, expires_at, trace
+        )
 
 
 # -- helpers ---------------------------------------------------------------------------
@@ -344,6 +376,19 @@ def _check_envelope_fields(
         problem = f"expires_at must be a float or None, got {type(expires_at).__name__}"
     if problem is not None:
         raise CodecError(f"bad envelope: {problem}")
+
+
+# msgpack's fixarray headers of the envelope without and with its trace field.
+_EIGHT_FIELDS: Final = packb([None] * _ENVELOPE_FIELDS)[:1]
+_NINE_FIELDS: Final = packb([None] * (_ENVELOPE_FIELDS + 1))[:1]
+
+
+def _check_trace(trace: Any) -> None:
+    if type(trace) is not str or not 0 < len(trace) <= _TRACE_MAX_LEN:
+        raise CodecError(
+            f"bad envelope: trace must be a non-empty str of at most {_TRACE_MAX_LEN} "
+            f"characters, got {short(trace)}"
+        )
 
 
 def _int_to_float(value: Any, name: str) -> Any:

@@ -137,6 +137,7 @@ class ClusterNode(Leases, Reader, Commits):
         self._closing = True
         with contextlib.suppress(Exception):
             await self.client.zrem(self.members_key, self.node_id)
+            await self.client.delete(self.summaries.key)
         # A cancellation can land inside the Redis client, which may turn it into a
         # connection error that a loop catches: cancel until every task has ended.
         pending = {task for task in self._tasks if not task.done()}
@@ -167,8 +168,10 @@ class ClusterNode(Leases, Reader, Commits):
         reply: tuple[LoopFuture[Any], str] | None,
         msg_id: str | None,
         waiter: asyncio.Future[None] | None,
+        trace: str | None = None,
     ) -> None:
-        """Queue one encoded message for the outbox (loop thread).
+        """Queue one encoded message for the outbox (loop thread); `trace`: its sender's
+        trace context (tracing on), kept in the entry's `t` field.
 
         Raises `MailboxFull` (scope "cluster") while `MAX_OUTBOX` messages wait to be
         written (Redis is unreachable): backpressure at the call site, not memory
@@ -180,6 +183,8 @@ class ClusterNode(Leases, Reader, Commits):
         fields: dict[str, Any] = {"e": data, "f": flags}
         if msg_id is not None:
             fields["i"] = msg_id
+        if trace is not None:
+            fields["t"] = trace
         if reply is not None:
             future, corr = reply
             fields["r"], fields["c"] = self.reply_key, corr

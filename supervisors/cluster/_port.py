@@ -5,7 +5,9 @@ enqueue locally: they are checked and encoded at the call site (G9: a bad
 argument or an unencodable message raises there, nothing is sent), then the
 node's outbox writes them to the key's shard stream, and whichever node owns
 the shard runs them (this one included). An ask carries this node's reply
-list and a correlation id; its reply comes back through Redis.
+list and a correlation id; its reply comes back through Redis. With tracing on,
+the trace context of the call site goes with it, as text in the entry's `t` field
+(beside the envelope, so that a node that does not know the field ignores it).
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ from supervisors._checks import check_call
 
 if TYPE_CHECKING:
     from actors._future import LoopFuture
+    from actors._outcomes import TraceHook
     from actors.journal._codec import Codec
     from supervisors.cluster._node import ClusterNode
 
@@ -44,10 +47,29 @@ def check_msg_id(msg_id: Any) -> None:
 class ClusterPort:
     """The facade's sending side in cluster mode (any thread; the node runs on the loop)."""
 
-    __slots__ = ("_codec", "_loop", "_loop_thread", "_max_payload", "_node", "ask_timeout", "open")
+    __slots__ = (
+        "_codec",
+        "_loop",
+        "_loop_thread",
+        "_max_payload",
+        "_node",
+        "ask_timeout",
+        "open",
+        "tracer",
+    )
 
-    def __init__(self, node: ClusterNode, codec: Codec, loop: asyncio.AbstractEventLoop) -> None:
+    def __init__(
+        self,
+        node: ClusterNode,
+        codec: Codec,
+        loop: asyncio.AbstractEventLoop,
+        tracer: TraceHook | None = None,
+    ) -> None:
         self._node = node
+        # With tracing on: the runtime's tracer (a node's core has it already).
+        if tracer is None and node.core is not None:
+            tracer = node.core.tracer
+        self.tracer = tracer
         self._codec = codec
         self._loop = loop
         self._loop_thread = get_ident()
@@ -65,7 +87,7 @@ class ClusterPort:
         ttl: Any,
         msg_id: Any,
         ask: bool,
-    ) -> tuple[bytes, int]:
+    ) -> tuple[bytes, int, str | None]:
         if not self.open:
             msg = "the runtime is stopping or stopped: it accepts no more messages"
             raise RuntimeStopped(msg)
@@ -84,7 +106,9 @@ class ClusterPort:
                 f"max_payload is {self._max_payload}"
             )
             raise CodecError(msg)
-        return data, (1 if interrupt else 0) | (2 if clear else 0)
+        tracer = self.tracer  # the call site's trace context, taken here (any thread)
+        trace = None if tracer is None else tracer.wire(tracer.capture())
+        return data, (1 if interrupt else 0) | (2 if clear else 0), trace
 
     def accept(
         self,
@@ -99,11 +123,11 @@ class ClusterPort:
         waiter: asyncio.Future[None] | None = None,
     ) -> None:
         """`tell`/`ask` on the loop thread (the facade's `_accept` in cluster mode)."""
-        data, flags = self._encode(
+        data, flags, trace = self._encode(
             key, message, priority, interrupt, clear, ttl, msg_id, reply_to is not None
         )
         reply = None if reply_to is None else (reply_to, uuid.uuid4().hex)
-        self._node.enqueue(key, data, priority, flags, reply, msg_id, waiter)
+        self._node.enqueue(key, data, priority, flags, reply, msg_id, waiter, trace)
 
     def submit(
         self,
@@ -120,13 +144,13 @@ class ClusterPort:
         if get_ident() == self._loop_thread:
             self.accept(key, message, priority, interrupt, clear, reply_to, ttl, msg_id)
             return
-        data, flags = self._encode(
+        data, flags, trace = self._encode(
             key, message, priority, interrupt, clear, ttl, msg_id, reply_to is not None
         )
         reply = None if reply_to is None else (reply_to, uuid.uuid4().hex)
         try:
             self._loop.call_soon_threadsafe(
-                self._node.enqueue, key, data, priority, flags, reply, msg_id, None
+                self._node.enqueue, key, data, priority, flags, reply, msg_id, None, trace
             )
         except RuntimeError as exc:
             msg = "the runtime has stopped: it accepts no messages"
@@ -148,14 +172,16 @@ class ClusterPort:
             self.accept(key, message, priority, interrupt, clear, None, ttl, msg_id, waiter)
             await waiter
             return
-        data, flags = self._encode(key, message, priority, interrupt, clear, ttl, msg_id, False)
+        data, flags, trace = self._encode(
+            key, message, priority, interrupt, clear, ttl, msg_id, False
+        )
         done = asyncio.get_running_loop().create_future()
         caller = asyncio.get_running_loop()
 
         def queue() -> None:
             inner: asyncio.Future[None] = self._loop.create_future()
             inner.add_done_callback(lambda f: caller.call_soon_threadsafe(_copy, f, done))
-            self._node.enqueue(key, data, priority, flags, None, msg_id, inner)
+            self._node.enqueue(key, data, priority, flags, None, msg_id, inner, trace)
 
         self._loop.call_soon_threadsafe(queue)
         await done

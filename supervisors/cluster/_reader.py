@@ -419,6 +419,7 @@ class Reader(NodeState):
         ttl = None
         if record.expires_at is not None:
             ttl = max(record.expires_at - time.time(), 1e-6)
+        trace = fields.get(b"t")  # the sender's trace context, when it traced
         core.deliver_remote(
             record.key,
             record.message,
@@ -431,4 +432,5 @@ class Reader(NodeState):
             attempt,
             redelivered,
             msg_id or None,
+            None if trace is None else trace.decode("ascii", "replace"),
         )

@@ -385,6 +385,7 @@ class Durable:
             envelope.seq = pending.seq
             envelope.attempt = pending.attempts + 1
             envelope.redelivered = True
+            envelope.trace = record.trace  # the sender's trace context (tracing on there)
             if record.msg_id is not None:
                 envelope.msg_id = record.msg_id
             core.accepted += 1
