@@ -2,7 +2,8 @@
 
 Users import from here: `Runtime(Bot, ...)`, `RestartPolicy`, `Directive`,
 `RedisCluster` (the options of the cluster mode), `ShutdownSummary` (what a
-stop returns) and `Observer` (what `observe=` takes). What happens when a runtime runs is told in supervisors/_runtime.py.
+stop returns) and `Observer` (what `observe=` takes). What happens when a
+runtime runs is told in supervisors/_runtime.py.
 
 The rooms of the package, each importing only from the rooms below it (type-only
 imports included; tests/test_exports.py checks it):
