@@ -487,3 +487,29 @@ async def test_startup_script_reports_an_ordered_timeline() -> None:
     assert 0 < t["tell_loop_end"] <= t["first_start"] <= t["median_start"] <= t["last_start"]
     assert t["first_start"] <= t["ideal_user_start"] <= t["last_start"]
     assert t["us_per_user_after_tells"] > 0
+
+
+@pytest.mark.timeout(150)
+def test_quick_run_measures_the_observers(quick_results: dict[str, Any]) -> None:
+    """The observe scenario: tell and ask, each with no observer, Metrics and Tracing."""
+    (scenario,) = [s for s in quick_results["scenarios"] if s["name"] == "observe"]
+    assert len(scenario["cases"]) == 2
+    for case in scenario["cases"]:
+        results = case["results"]
+        assert set(results) == {SUBJECT, "metrics", "tracing"}
+        for result in results.values():
+            assert result["na"] is None, (case["case"], result)
+            assert _positive(result["value"])
+            assert result["extra"]["messages"] >= 1_000
+    assert [c["measured"] is not None for c in scenario["checks"]] == [True] * 4
+
+
+@pytest.mark.parametrize("column", ["inorder", "metrics", "tracing"])
+async def test_the_observe_workloads_handle_every_message(column: str) -> None:
+    """What the observe scenario times, at a small size, under each column's observers."""
+    from benchmarks import _observe
+
+    for measure in (_observe.observed_tell, _observe.observed_ask):
+        rate, extra = await measure(column, users=10, messages=200)
+        assert _positive(rate)
+        assert extra["messages"] == 200
