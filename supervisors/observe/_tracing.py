@@ -18,10 +18,11 @@ given). What happens when:
   webhook to its handler reads as one trace, across processes and restarts.
   Attributes: `inorder.key` (see `key`), `inorder.priority`, `inorder.attempt`,
   `inorder.wait_ms` (time in the mailbox), `inorder.redelivered` (replayed or
-  taken over). While an async or plain handler runs on the loop, the span is
+  taken over). While a handler runs, the span is
   the current one (`opentelemetry.trace.get_current_span()`), so the
-  handler's own spans, and the messages it tells, are its children. A blocking
-  handler (`blocking=True`, in the thread pool) does not see it as current.
+  handler's own spans, and the messages it tells, are its children; so does a
+  blocking handler (`blocking=True`) in its thread, which runs in a copy of the
+  turn's context.
 * **the run ends**: `inorder.outcome` says how: `handled`, `failed` (the
   handler raised or ran past `handler_timeout`; status ERROR and the exception
   recorded, even if a retry follows: the retry is another span, its
