@@ -44,7 +44,7 @@ from concurrent.futures import Future
 from pathlib import Path
 from typing import Any, NamedTuple
 
-from benchmarks._measure import Tracker, now, percentile, progress, settle_memory
+from benchmarks._measure import Tracker, now, percentile
 from benchmarks._peers import Handler, Peer
 from benchmarks._runtime_peer import InorderPeer
 from benchmarks._scenarios import (
@@ -56,7 +56,7 @@ from benchmarks._scenarios import (
     Scenario,
     at_least,
     at_most,
-    error_cell,
+    for_each_column,
     size_label,
 )
 from benchmarks._sqlite_peer import SQLitePerMessagePeer
@@ -322,22 +322,11 @@ async def _columns(
     params: Params, case: str, measure: Measure, higher_is_better: bool | None = None
 ) -> list[Cell]:
     """Every column, starting with a different one in every repeat."""
-    shift = params.rotation % len(COLUMNS)
-    cells: list[Cell] = []
-    for column in COLUMNS[shift:] + COLUMNS[:shift]:
-        reason = InorderPeer.missing() if column != PEER else None
-        if reason is not None:
-            cells.append(Cell(case, column, na=reason))
-            continue
-        progress(f"{case}: {column}")
-        settle_memory()
-        try:
-            value, extra = await measure(column)
-        except Exception as exc:
-            cells.append(error_cell(case, column, exc))
-        else:
-            cells.append(Cell(case, column, value, extra=extra, higher_is_better=higher_is_better))
-    return cells
+
+    def missing(column: str) -> str | None:
+        return InorderPeer.missing() if column != PEER else None
+
+    return await for_each_column(params, case, COLUMNS, measure, missing, higher_is_better)
 
 
 async def run_durable(params: Params) -> list[Cell]:

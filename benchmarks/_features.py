@@ -55,7 +55,7 @@ import tracemalloc
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-from benchmarks._measure import Tracker, now, percentile, progress, settle_memory
+from benchmarks._measure import Tracker, now, percentile, settle_memory
 from benchmarks._runtime_peer import MAX_PENDING, InorderPeer
 from benchmarks._scenarios import (
     SUBJECT,
@@ -66,7 +66,7 @@ from benchmarks._scenarios import (
     Scenario,
     at_least,
     at_most,
-    error_cell,
+    for_each_column,
     size_label,
 )
 from benchmarks._throughput import RUNTIME_IDLE, TIMEOUT, keys_for, threads_users, warm_up
@@ -445,22 +445,9 @@ async def _columns(
     params: Params, case: str, measure: Measure, higher_is_better: bool | None = None
 ) -> list[Cell]:
     """Both columns, starting with a different one in every repeat."""
-    shift = params.rotation % len(COLUMNS)
-    cells: list[Cell] = []
-    for column in COLUMNS[shift:] + COLUMNS[:shift]:
-        reason = InorderPeer.missing()
-        if reason is not None:
-            cells.append(Cell(case, column, na=reason))
-            continue
-        progress(f"{case}: {column}")
-        settle_memory()
-        try:
-            value, extra = await measure(column)
-        except Exception as exc:
-            cells.append(error_cell(case, column, exc))
-        else:
-            cells.append(Cell(case, column, value, extra=extra, higher_is_better=higher_is_better))
-    return cells
+    return await for_each_column(
+        params, case, COLUMNS, measure, lambda _: InorderPeer.missing(), higher_is_better
+    )
 
 
 async def run_features(params: Params) -> list[Cell]:

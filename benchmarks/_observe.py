@@ -24,7 +24,7 @@ import functools
 from collections.abc import Awaitable, Callable, Iterator, Sequence
 from typing import Any
 
-from benchmarks._measure import Tracker, now, progress, settle_memory
+from benchmarks._measure import Tracker, now
 from benchmarks._runtime_peer import InorderPeer
 from benchmarks._scenarios import (
     SUBJECT,
@@ -34,7 +34,7 @@ from benchmarks._scenarios import (
     Params,
     Scenario,
     at_least,
-    error_cell,
+    for_each_column,
     size_label,
 )
 from benchmarks._throughput import RUNTIME_IDLE, TIMEOUT, keys_for, warm_up
@@ -166,22 +166,7 @@ def _missing(column: str) -> str | None:
 
 
 async def _columns(params: Params, case: str, measure: Measure) -> list[Cell]:
-    shift = params.rotation % len(COLUMNS)
-    cells: list[Cell] = []
-    for column in COLUMNS[shift:] + COLUMNS[:shift]:
-        reason = _missing(column)
-        if reason is not None:
-            cells.append(Cell(case, column, na=reason))
-            continue
-        progress(f"{case}: {column}")
-        settle_memory()
-        try:
-            value, extra = await measure(column)
-        except Exception as exc:
-            cells.append(error_cell(case, column, exc))
-        else:
-            cells.append(Cell(case, column, value, extra=extra))
-    return cells
+    return await for_each_column(params, case, COLUMNS, measure, _missing)
 
 
 async def run_observe(params: Params) -> list[Cell]:

@@ -289,3 +289,35 @@ async def for_each_peer(
         else:
             cells.append(Cell(case, cls.name, value=value, extra=extra))
     return cells
+
+
+ColumnMeasure = Callable[[str], Awaitable[tuple[float, dict[str, float]]]]
+
+
+async def for_each_column(
+    params: Params,
+    case: str,
+    columns: Sequence[str],
+    measure: ColumnMeasure,
+    missing: Callable[[str], str | None],
+    higher_is_better: bool | None = None,
+) -> list[Cell]:
+    """Run ``measure`` for every column of a scenario that compares the runtime with
+    itself (a feature on and off, a mode, an observer), starting with a different one
+    in every repeat; ``missing(column)`` says why a column cannot run, or None."""
+    shift = params.rotation % len(columns)
+    cells: list[Cell] = []
+    for column in [*columns[shift:], *columns[:shift]]:
+        reason = missing(column)
+        if reason is not None:
+            cells.append(Cell(case, column, na=reason))
+            continue
+        progress(f"{case}: {column}")
+        settle_memory()
+        try:
+            value, extra = await measure(column)
+        except Exception as exc:
+            cells.append(error_cell(case, column, exc))
+        else:
+            cells.append(Cell(case, column, value, extra=extra, higher_is_better=higher_is_better))
+    return cells
