@@ -349,6 +349,10 @@ class Outcomes:
         """The retained dead letters, oldest first."""
         return list(self._dead)
 
+    def kept(self) -> int:
+        """How many dead letters are retained (`dead_letters()` without the copy)."""
+        return len(self._dead)
+
     def forget(self, letter: DeadLetter) -> bool:
         """Remove one retained dead letter (after it was redelivered).
 

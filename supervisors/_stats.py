@@ -89,7 +89,7 @@ def stats_of(core: _Core | None, state: str, durable: Durable | None = None) -> 
         "interrupted": out.interrupted,
         "dropped": out.dropped,
         "dead_letters": out.dead_letter_count,
-        "dead_letters_kept": len(out.dead_letters()),
+        "dead_letters_kept": out.kept(),
         "restarts": core.restarts,
         "gave_up": core.gave_up,
         "actor_failures": core.actor_failures,
