@@ -66,10 +66,7 @@ class ClusterPort:
         tracer: TraceHook | None = None,
     ) -> None:
         self._node = node
-        # With tracing on: the runtime's tracer (a node's core has it already).
-        if tracer is None and node.core is not None:
-            tracer = node.core.tracer
-        self.tracer = tracer
+        self.tracer = tracer  # with tracing on: the runtime's (observers attach first)
         self._codec = codec
         self._loop = loop
         self._loop_thread = get_ident()
