@@ -324,9 +324,14 @@ class Reader(NodeState):
             if not msg_id:
                 continue
             name = (shard.index, stream, entry_id)
-            if self._live(msg_id):
+            # A later copy in this batch is a duplicate whatever the first one turns out
+            # to be: run (then live at the copy's dispatch) or a duplicate of a committed
+            # original itself (then never live: the copy must not run in its place; found
+            # by the chaos test's Redis restart, an outbox rewrite and a producer copy read
+            # together after their original had committed).
+            if self._live(msg_id) or msg_id in seen:
                 duplicates.add(name)
-            elif msg_id not in seen:  # a later copy in this batch: caught at dispatch
+            else:
                 seen.add(msg_id)
                 lookup.setdefault(shard.index, []).append((name, msg_id))
         backoff = Backoff(0.05, self.config.tick)
