@@ -2,9 +2,10 @@
 
 The router and the outcome book tell the node how each message ended (`ack`,
 `dead_letter`); the node queues a commit, and its commit task writes a batch
-per shard in one fenced script: dedup mark, the ask's reply, the dead letter,
-the acknowledgement, atomically, in completion order (a failed batch is
-retried before any later one). A `FENCED` answer drops the shard.
+per shard in one fenced script call, carrying the batch as one blob (a plain
+acknowledgement is its entry id alone): dedup marks, the asks' replies, the
+dead letters, the acknowledgements, atomically, in completion order (a failed
+batch is retried before any later one). A `FENCED` answer drops the shard.
 """
 
 from __future__ import annotations
@@ -16,7 +17,8 @@ from typing import TYPE_CHECKING, Any
 
 from actors._errors import CodecError, Dropped
 from supervisors.cluster._backoff import Backoff
-from supervisors.cluster._state import Item, NodeState, RemoteReply, Shard
+from supervisors.cluster._pipeline import Call, evalsha_all
+from supervisors.cluster._state import Item, NodeState, RemoteReply, Shard, pack
 
 if TYPE_CHECKING:
     from actors._mailbox import Envelope
@@ -128,65 +130,84 @@ class Commits(NodeState):
     async def _flush_commits(self, batch: list[Item]) -> None:
         by_shard: dict[int, list[Item]] = {}
         for item in batch:
-            by_shard.setdefault(item.shard.index, []).append(item)
+            if (items := by_shard.get(item.shard.index)) is not None:
+                items.append(item)
+            else:
+                by_shard[item.shard.index] = [item]
         seconds = time.time()
         window = int(self.config.dedup_window * 1000)
-        calls: list[tuple[Shard, list[Item], list[str], list[Any]]] = []
+        calls: list[Call] = []
+        order: list[tuple[Shard, list[Item]]] = []
         for index, items in by_shard.items():
             shard = items[0].shard
             keys = [self.key(index, n) for n in ("lease", "qp", "q", "done", "dlq", "dlqx")]
-            args: list[Any] = [shard.token, int(seconds * 1000), window, self.dead_letter_limit]
+            # The blob: a plain acknowledgement is its entry id alone.
+            acks: tuple[list[bytes], list[bytes]] = ([], [])
+            msg_ids: list[str] = []
+            replies: list[tuple[int, bytes]] = []
+            letters: list[tuple[str, bytes]] = []
+            lists: dict[str, int] = {}  # reply list -> its index in KEYS (from 1)
             for item in items:
-                reply_index = 0
-                payload = b""
+                acks[item.stream].append(item.entry)
+                if item.msg_id:
+                    msg_ids.append(item.msg_id)
                 if item.reply_key:
-                    keys.append(item.reply_key)
-                    reply_index = len(keys)
-                    payload = self._reply_payload(item)
-                args += [
-                    item.stream,
-                    item.entry,
-                    item.msg_id,
-                    reply_index,
-                    payload,
-                    item.dead_id,
-                    item.dead,
-                ]
-            calls.append((shard, items, keys, args))
-        backoff = Backoff(self.config.tick / 4, self.config.tick)
-        while True:
-            try:
-                # A pipeline per attempt: redis-py empties one when its execute fails.
-                async with self.client.pipeline(transaction=False) as pipe:
-                    for _, _, keys, args in calls:
-                        await self._commit(keys=keys, args=args, client=pipe)
-                    results = await pipe.execute(raise_on_error=False)
-                break
-            except asyncio.CancelledError:
-                raise
-            except Exception as exc:  # Redis unreachable: retried before any later batch
-                retry = backoff.failed()
-                if retry.log:  # an outage logs a few lines, not one per try
-                    self.log.warning(
-                        "cluster_commit_retry",
-                        error=repr(exc),
-                        failures=retry.failures,
-                        retry_in=retry.pause,
-                    )
-                await asyncio.sleep(retry.pause)
-        if failures := backoff.succeeded():
-            self.log.info("cluster_commit_recovered", failures=failures)
-        order = [(shard, items) for shard, items, _, _ in calls]
+                    if (at := lists.get(item.reply_key)) is None:
+                        keys.append(item.reply_key)
+                        at = lists[item.reply_key] = len(keys)
+                    replies.append((at, self._reply_payload(item)))
+                if item.dead_id:
+                    letters.append((item.dead_id, item.dead))
+            blob = pack((acks[0], acks[1], msg_ids, replies, letters))
+            args = [shard.token, int(seconds * 1000), window, self.dead_letter_limit, blob]
+            calls.append((self._commit, keys, args))
+            order.append((shard, items))
+        results = await self._run_commits(calls)
         for (shard, items), result in zip(order, results, strict=True):
             shard.inflight -= len(items)
             for item in items:  # committed (in `done`), or fenced (the next owner checks)
                 self._forget_live(item)
             if isinstance(result, Exception):
-                if "FENCED" in str(result):
-                    self.counts["fenced"] += 1
-                    self._lose(shard, "fenced commit")
-                else:
-                    self.log.error("cluster_commit_failed", shard=shard.index, error=repr(result))
+                self.counts["fenced"] += 1
+                self._lose(shard, "fenced commit")
+
+    async def _run_commits(self, calls: list[Call]) -> list[Any]:
+        """Each call's answer: its count, or its `FENCED` error. Retried with a growing
+        pause: every call while Redis is unreachable (which ran is unknown, and running a
+        commit twice changes nothing), and a call Redis refused (out of memory: the
+        commits' deletions are what frees it), never one that ran."""
+        results: list[Any] = [None] * len(calls)
+        todo = list(range(len(calls)))
+        backoff = Backoff(self.config.tick / 4, self.config.tick)
+        while True:
+            try:
+                answers = await evalsha_all(self.client, [calls[i] for i in todo])
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # Redis unreachable: retried before any later batch
+                error: BaseException = exc
+            else:
+                refused = []
+                for i, answer in zip(todo, answers, strict=True):
+                    if isinstance(answer, Exception) and "FENCED" not in str(answer):
+                        refused.append(i)
+                    else:
+                        results[i] = answer
+                if not refused:
+                    break
+                todo, error = refused, answers[todo.index(refused[0])]
+            retry = backoff.failed()
+            if retry.log:  # an outage logs a few lines, not one per try
+                self.log.warning(
+                    "cluster_commit_retry",
+                    error=repr(error),
+                    failures=retry.failures,
+                    retry_in=retry.pause,
+                )
+            await asyncio.sleep(retry.pause)
+        if failures := backoff.succeeded():
+            self.log.info("cluster_commit_recovered", failures=failures)
+        return results
 
     def _reply_payload(self, item: Item) -> bytes:
         reply = item.reply

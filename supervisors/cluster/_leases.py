@@ -18,7 +18,7 @@ import time
 
 from supervisors._snapshots import MemorySnapshots
 from supervisors.cluster._backoff import Backoff
-from supervisors.cluster._shards import plan, shard_of
+from supervisors.cluster._shards import plan
 from supervisors.cluster._state import NodeState, Shard
 
 __all__ = ["Leases"]
@@ -154,8 +154,8 @@ class Leases(NodeState):
         then is stale (README, "Scaling out": state does not move between nodes)."""
         snapshots = self.core.snapshots if self.core is not None else None
         if isinstance(snapshots, MemorySnapshots):
-            n = self.config.n_shards
-            snapshots.forget(lambda key: shard_of(key, n) == index)
+            shard_of = self.shard_of
+            snapshots.forget(lambda key: shard_of(key) == index)
 
     def _lose(self, shard: Shard, why: str) -> None:
         """The lease is gone: forget the shard and what waits for it here (the next owner
@@ -168,9 +168,8 @@ class Leases(NodeState):
         core = self.core
         if core is None:
             return
-        n = self.config.n_shards
         for cell in list(core.cells.values()):
-            if shard_of(cell.key, n) != shard.index:
+            if self.shard_of(cell.key) != shard.index:
                 continue
             waiting = cell.mailbox.take_all()
             core.pending -= len(waiting)

@@ -6,9 +6,10 @@ What happens when, for `Runtime(Bot, cluster=RedisCluster(url))`:
    the scripts (supervisors/cluster/_scripts.py) and starts its tasks.
 2. **Sending** (any process): `tell`/`ask`/`send` encode the message with the
    codec and queue it; the outbox task writes everything queued in one
-   pipelined batch of `XADD`s to the key's shard stream (`q`, or `qp` for a
-   priority > 0), one batch at a time, so one process's sends keep their order.
-   `send` returns once its `XADD` is acknowledged by Redis.
+   pipeline, a `SEND` script call per shard carrying the shard's messages as one
+   blob (their `XADD`s to `q`, or `qp` for a priority > 0, run in Lua), one
+   batch at a time, so one process's sends keep their order. `send` returns once
+   its batch is acknowledged by Redis.
 3. **Membership** (every `tick`): a heartbeat in the members set, the live
    members read back, every owned lease renewed in one script; then, by
    rendezvous hashing (supervisors/cluster/_shards.py), free leases the node should
@@ -43,9 +44,9 @@ from supervisors.cluster import _scripts as scripts
 from supervisors.cluster._backoff import Backoff
 from supervisors.cluster._commits import Commits
 from supervisors.cluster._leases import Leases
+from supervisors.cluster._pipeline import Call, evalsha_all
 from supervisors.cluster._reader import Reader
-from supervisors.cluster._shards import shard_of
-from supervisors.cluster._state import error_of
+from supervisors.cluster._state import error_of, pack
 
 if TYPE_CHECKING:
     from actors._future import LoopFuture
@@ -55,6 +56,12 @@ __all__ = ["MAX_OUTBOX", "ClusterNode"]
 
 #: Messages that may wait in a node's outbox for Redis; past it, sending raises MailboxFull.
 MAX_OUTBOX = 100_000
+
+#: Entries per `SEND` call: a long outage's backlog goes out in calls that keep the
+#: server's other clients waiting a few milliseconds at most.
+SEND_CHUNK = 1000
+
+_FLAGS = (b"0", b"1", b"2", b"3")  # an entry's `f` field: 1 interrupt, 2 clear
 
 
 class ClusterNode(Leases, Reader, Commits):
@@ -104,6 +111,7 @@ class ClusterNode(Leases, Reader, Commits):
         self._read = c.register_script(scripts.READ)
         self._claim = c.register_script(scripts.CLAIM)
         self._commit = c.register_script(scripts.COMMIT)
+        self._send = c.register_script(scripts.SEND)
 
     def run(self, core: _Core | None) -> None:
         """Start the tasks (`core` None: a sender only, which runs no actors)."""
@@ -179,18 +187,18 @@ class ClusterNode(Leases, Reader, Commits):
         """
         if len(self._outbox) >= MAX_OUTBOX:
             raise MailboxFull(key, MAX_OUTBOX, scope="cluster")
-        shard = shard_of(key, self.config.n_shards)
-        fields: dict[str, Any] = {"e": data, "f": flags}
+        # The entry as the SEND script appends it: its lane (1: qp, 2: q), then its fields.
+        entry: list[Any] = [1 if priority else 2, "e", data, "f", _FLAGS[flags]]
         if msg_id is not None:
-            fields["i"] = msg_id
+            entry += ("i", msg_id)
         if trace is not None:
-            fields["t"] = trace
+            entry += ("t", trace)
         if reply is not None:
             future, corr = reply
-            fields["r"], fields["c"] = self.reply_key, corr
+            entry += ("r", self.reply_key, "c", corr)
             timer = self.loop.call_later(self.config.ask_timeout, self._ask_expired, corr)
             self._asks[corr] = (future, key, timer)
-        self._outbox.append((self.key(shard, "qp" if priority else "q"), fields, waiter))
+        self._outbox.append((self.shard_of(key), entry, waiter))
         self._wake_outbox.set()
 
     async def _outbox_loop(self) -> None:
@@ -205,34 +213,34 @@ class ClusterNode(Leases, Reader, Commits):
         its 1st, 2nd, 4th... failure, and `cluster_send_recovered` once it is over.
         """
         backoff = Backoff(0.05, self.config.tick)
-        while not self._closing:
-            await self._wake_outbox.wait()
-            self._wake_outbox.clear()
-            batch, self._outbox = self._outbox, []
-            while batch and not self._closing:
-                try:
-                    async with self.client.pipeline(transaction=False) as pipe:
-                        for stream, fields, _ in batch:
-                            if stream:
-                                pipe.xadd(stream, fields)
-                            else:  # a redelivered dead letter, forgotten after its message
-                                pipe.hdel(fields["dlq"], fields["id"])
-                                pipe.zrem(fields["dlqx"], fields["id"])
-                        await pipe.execute()
-                except asyncio.CancelledError:
-                    raise
-                except Exception as exc:
+        batch: list[tuple[int, Any, asyncio.Future[None] | None]] = []
+        try:
+            while not self._closing:
+                await self._wake_outbox.wait()
+                self._wake_outbox.clear()
+                batch, self._outbox = self._outbox, []
+                calls, forgets = self._send_calls(batch)
+                while True:
+                    try:
+                        calls, error = await self._write(calls, forgets)
+                    except asyncio.CancelledError:
+                        raise
+                    except Exception as exc:  # which calls ran is unknown: all again
+                        error = exc
+                    if error is None:
+                        break
+                    if self._closing:  # stop() cancels this task: what is unsent fails
+                        return
                     retry = backoff.failed()
                     if retry.log:
                         self.log.warning(
                             "cluster_send_retry",
-                            error=repr(exc),
+                            error=repr(error),
                             count=len(batch),
                             failures=retry.failures,
                             retry_in=retry.pause,
                         )
                     await asyncio.sleep(retry.pause)
-                    continue
                 if failures := backoff.succeeded():
                     self.log.info("cluster_send_recovered", failures=failures, count=len(batch))
                 self.counts["sent"] += len(batch)
@@ -240,9 +248,51 @@ class ClusterNode(Leases, Reader, Commits):
                     if waiter is not None and not waiter.done():
                         waiter.set_result(None)
                 batch = []
-        for _, _, waiter in self._outbox:  # the node stopped with these unsent
-            if waiter is not None and not waiter.done():
-                waiter.set_exception(RuntimeStopped("the node stopped before sending it"))
+        finally:
+            for _, _, waiter in [*batch, *self._outbox]:  # the node stopped with these unsent
+                if waiter is not None and not waiter.done():
+                    waiter.set_exception(RuntimeStopped("the node stopped before sending it"))
+
+    def _send_calls(
+        self, batch: list[tuple[int, Any, asyncio.Future[None] | None]]
+    ) -> tuple[list[Call], list[dict[str, str]]]:
+        """The SEND calls of a batch (per shard, in order, `SEND_CHUNK` entries each) and
+        the dead letters to forget after them."""
+        by_shard: dict[int, list[Any]] = {}
+        forgets: list[dict[str, str]] = []
+        for shard, entry, _ in batch:
+            if shard < 0:
+                forgets.append(entry)
+            elif (entries := by_shard.get(shard)) is not None:
+                entries.append(entry)
+            else:
+                by_shard[shard] = [entry]
+        calls: list[Call] = []
+        for shard, entries in by_shard.items():
+            keys = [self.key(shard, "qp"), self.key(shard, "q")]
+            calls.extend(
+                (self._send, keys, [pack(entries[i : i + SEND_CHUNK])])
+                for i in range(0, len(entries), SEND_CHUNK)
+            )
+        return calls, forgets
+
+    async def _write(
+        self, calls: list[Call], forgets: list[dict[str, str]]
+    ) -> tuple[list[Call], BaseException | None]:
+        """Run the SEND calls, then forget the dead letters. Returns the calls Redis
+        refused (out of memory...), to be tried again, with the first refusal; the
+        others ran, and trying them again would write them twice."""
+        answers = await evalsha_all(self.client, calls) if calls else []
+        refused = [c for c, a in zip(calls, answers, strict=True) if isinstance(a, Exception)]
+        if refused:
+            return refused, next(a for a in answers if isinstance(a, Exception))
+        if forgets:  # after the messages: a crash in between leaves both, never neither
+            async with self.client.pipeline(transaction=False) as pipe:
+                for fields in forgets:
+                    pipe.hdel(fields["dlq"], fields["id"])
+                    pipe.zrem(fields["dlqx"], fields["id"])
+                await pipe.execute()
+        return [], None
 
     def forget_letter(self, letter_id: str) -> None:
         """Remove a dead letter kept in Redis once it was redelivered (loop thread).
@@ -252,7 +302,7 @@ class ClusterNode(Leases, Reader, Commits):
         """
         shard = int(letter_id.partition(":")[0])
         fields = {"dlq": self.key(shard, "dlq"), "dlqx": self.key(shard, "dlqx"), "id": letter_id}
-        self._outbox.append(("", fields, None))
+        self._outbox.append((-1, fields, None))
         self._wake_outbox.set()
 
     def _ask_expired(self, corr: str) -> None:

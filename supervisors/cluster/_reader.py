@@ -17,6 +17,7 @@ from typing import Any
 
 from actors._errors import CodecError
 from supervisors.cluster._backoff import Backoff
+from supervisors.cluster._pipeline import Call, evalsha_all
 from supervisors.cluster._state import (
     Item,
     NodeState,
@@ -243,16 +244,17 @@ class Reader(NodeState):
 
     async def _read_once(self, readable: list[Shard]) -> int:
         """One fenced read of every readable shard (pipelined), dispatched; entries read."""
-        cfg = self.config
-        async with self.client.pipeline(transaction=False) as pipe:
-            for shard in readable:
-                await self._read(
-                    keys=[self.key(shard.index, n) for n in ("lease", "qp", "q")],
-                    args=[shard.token, cfg.read_count, ">", ">"],
-                    client=pipe,
-                )
-            results = await pipe.execute(raise_on_error=False)
-        return await self._take_reads(readable, results)
+        count = self.config.read_count
+        key = self.key
+        calls: list[Call] = [
+            (
+                self._read,
+                [key(shard.index, "lease"), key(shard.index, "qp"), key(shard.index, "q")],
+                [shard.token, count, ">", ">"],
+            )
+            for shard in readable
+        ]
+        return await self._take_reads(readable, await evalsha_all(self.client, calls))
 
     async def _take_reads(self, shards: list[Shard], results: list[Any]) -> int:
         """Dispatch what one pipelined read brought; returns how many entries it had."""
@@ -351,8 +353,15 @@ class Reader(NodeState):
                     )
                 await asyncio.sleep(retry.pause)
                 continue
+            # A mark older than the window is forgotten: the commits trim the set only
+            # when they add to it.
+            oldest = time.time() * 1000 - self.config.dedup_window * 1000
             for pairs, scores in zip(lookup.values(), answers, strict=True):
-                duplicates.update(e for (e, _), score in zip(pairs, scores, strict=True) if score)
+                duplicates.update(
+                    e
+                    for (e, _), score in zip(pairs, scores, strict=True)
+                    if score is not None and score >= oldest
+                )
             break
         return duplicates
 

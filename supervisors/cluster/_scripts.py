@@ -18,14 +18,18 @@ fencing tokens; the lease and the data are in one Redis, so the check is exact).
 User keys are never part of a Redis key name: they travel inside entries.
 
 Scripts are registered once per client (redis-py's `register_script`) and
-called by digest (`EVALSHA`, reloaded transparently after a server restart).
+called by digest (`EVALSHA`, loaded again after a server restart:
+supervisors/cluster/_pipeline.py). Batches travel as one msgpack blob per call
+(`cmsgpack.unpack` in Lua; the blob is packed without msgpack's bin type, which
+the Lua library does not read), so that a call costs a few arguments whatever its
+size; `unpack()` is given at most 1000 values at a time (Lua's limit is near 8000).
 """
 
 from __future__ import annotations
 
 from typing import Final
 
-__all__ = ["ACQUIRE", "CLAIM", "COMMIT", "READ", "RELEASE", "RENEW"]
+__all__ = ["ACQUIRE", "CLAIM", "COMMIT", "READ", "RELEASE", "RENEW", "SEND"]
 
 #: KEYS: lease, epoch, log, q, qp. ARGV: node, ttl_ms.
 #: Take a free lease: a new epoch, the token `node|epoch`; the consumer group is
@@ -82,45 +86,64 @@ local r = redis.call('XAUTOCLAIM', KEYS[2], 'rt', ARGV[1], 0, ARGV[2], 'COUNT', 
 return {r[1], r[2]}
 """
 
+#: KEYS: qp, q of one shard. ARGV: a blob, the array of the entries to append, in order,
+#: each [lane (1: qp, 2: q), field, value, field, value...]. The sender's batch for the
+#: shard, written atomically (a restart cuts a pipeline between shards, never inside one).
+SEND: Final = """
+local entries = cmsgpack.unpack(ARGV[1])
+for _, entry in ipairs(entries) do
+  redis.call('XADD', KEYS[entry[1]], '*', unpack(entry, 2))
+end
+return #entries
+"""
+
 #: KEYS: lease, qp, q, done, dlq (hash: letter id -> payload), dlqx (zset: letter id ->
-#: time), then the reply lists named by the items. ARGV: token, now_ms, dedup window ms,
-#: dead letters kept, then per item 7 values: stream (0: qp, 1: q), entry id, msg_id or
-#: '', reply list index into KEYS (0: none), reply payload, dead-letter id or '', its
-#: payload. Atomically, per item: the dedup mark, the ask's reply, the dead letter; then
-#: the acknowledgements, and the entries are deleted (acked entries are never read again:
-#: the streams stay as long as the backlog); the oldest dead letters past the limit go.
-#: A crash can therefore never acknowledge an ask without its reply.
+#: time), then the reply lists. ARGV: token, now_ms, dedup window ms, dead letters kept,
+#: and a blob [qp ids, q ids, msg_ids, replies, letters]: the entries to acknowledge per
+#: stream, the msg_ids to remember, [index into KEYS, payload] per ask's reply,
+#: [letter id, payload] per dead letter. Atomically: the dedup marks (the ones past the
+#: window go), the replies, the dead letters (the oldest past the limit go), then the
+#: acknowledgements, and the entries are deleted (acked entries are never read again:
+#: the streams stay as long as the backlog). A crash can therefore never acknowledge
+#: an ask without its reply.
 COMMIT: Final = """
 if redis.call('GET', KEYS[1]) ~= ARGV[1] then return redis.error_reply('FENCED') end
 local now = tonumber(ARGV[2])
-redis.call('ZREMRANGEBYSCORE', KEYS[4], '-inf', now - tonumber(ARGV[3]))
-local acks = {{}, {}}
-for i = 5, #ARGV, 7 do
-  local stream, id, msg_id = tonumber(ARGV[i]), ARGV[i + 1], ARGV[i + 2]
-  local reply, payload = tonumber(ARGV[i + 3]), ARGV[i + 4]
-  local dead_id, dead = ARGV[i + 5], ARGV[i + 6]
-  if msg_id ~= '' then redis.call('ZADD', KEYS[4], now, msg_id) end
-  if reply > 0 then
-    redis.call('LPUSH', KEYS[reply], payload)
-    redis.call('PEXPIRE', KEYS[reply], 60000)
-  end
-  if dead_id ~= '' then
-    redis.call('HSET', KEYS[5], dead_id, dead)
-    redis.call('ZADD', KEYS[6], now, dead_id)
-  end
-  table.insert(acks[stream + 1], id)
+local b = cmsgpack.unpack(ARGV[5])
+local function chunks(list, call)
+  for i = 1, #list, 1000 do call(unpack(list, i, math.min(i + 999, #list))) end
 end
-local over = redis.call('ZCARD', KEYS[6]) - tonumber(ARGV[4])
-if over > 0 then
-  local old = redis.call('ZRANGE', KEYS[6], 0, over - 1)
-  redis.call('ZREMRANGEBYRANK', KEYS[6], 0, over - 1)
-  redis.call('HDEL', KEYS[5], unpack(old))
+if #b[3] > 0 then
+  redis.call('ZREMRANGEBYSCORE', KEYS[4], '-inf', now - tonumber(ARGV[3]))
+  local marks = {}
+  for i, msg_id in ipairs(b[3]) do
+    marks[2 * i - 1] = now
+    marks[2 * i] = msg_id
+  end
+  chunks(marks, function(...) redis.call('ZADD', KEYS[4], ...) end)
+end
+for _, reply in ipairs(b[4]) do
+  redis.call('LPUSH', KEYS[reply[1]], reply[2])
+  redis.call('PEXPIRE', KEYS[reply[1]], 60000)
+end
+if #b[5] > 0 then
+  for _, letter in ipairs(b[5]) do
+    redis.call('HSET', KEYS[5], letter[1], letter[2])
+    redis.call('ZADD', KEYS[6], now, letter[1])
+  end
+  local over = redis.call('ZCARD', KEYS[6]) - tonumber(ARGV[4])
+  if over > 0 then
+    local old = redis.call('ZRANGE', KEYS[6], 0, over - 1)
+    redis.call('ZREMRANGEBYRANK', KEYS[6], 0, over - 1)
+    chunks(old, function(...) redis.call('HDEL', KEYS[5], ...) end)
+  end
 end
 for s = 1, 2 do
-  if #acks[s] > 0 then
-    redis.call('XACK', KEYS[s + 1], 'rt', unpack(acks[s]))
-    redis.call('XDEL', KEYS[s + 1], unpack(acks[s]))
-  end
+  local stream = KEYS[s + 1]
+  chunks(b[s], function(...)
+    redis.call('XACK', stream, 'rt', ...)
+    redis.call('XDEL', stream, ...)
+  end)
 end
-return #acks[1] + #acks[2]
+return #b[1] + #b[2]
 """

@@ -5,6 +5,8 @@ No I/O and no clock here (the cluster's decisions are tested on their own):
 * `shard_of(key, n_shards)`: a stable hash of the key, the same in every process
   and every Python version (never the salted built-in `hash`). A str key and an
   int key of the same digits are different keys, as they are in one process.
+  `ShardMap` is the same function with a bounded cache of recent keys: a chat's
+  users send again soon, and the hash is a third of the sending path's own cost.
 * `owner_of(shard, members)`: rendezvous (highest random weight) hashing over
   the live members: every node computes the same owner from the same member
   list; when a node leaves only its shards move, when one joins about
@@ -24,7 +26,7 @@ from typing import TYPE_CHECKING, final
 if TYPE_CHECKING:
     from collections.abc import Collection, Iterable
 
-__all__ = ["TickPlan", "owner_of", "plan", "shard_of"]
+__all__ = ["ShardMap", "TickPlan", "owner_of", "plan", "shard_of"]
 
 
 def _digest(data: bytes) -> int:
@@ -41,6 +43,34 @@ def key_bytes(key: str | int) -> bytes:
 def shard_of(key: str | int, n_shards: int) -> int:
     """The shard of `key`, in 0..n_shards-1."""
     return _digest(key_bytes(key)) % n_shards
+
+
+@final
+class ShardMap:
+    """`shard_of` for one shard count, with the shards of up to `limit` recent keys kept.
+
+    The cache is emptied when full (cheaper than keeping an order, and a chat's active
+    users fill it again at once). Keys are str or int (validated at the call site), so
+    a str and an int of the same digits stay apart, as they do in `shard_of`.
+    """
+
+    __slots__ = ("_cache", "limit", "n_shards")
+
+    def __init__(self, n_shards: int, limit: int = 65_536) -> None:
+        self.n_shards = n_shards
+        self.limit = limit
+        self._cache: dict[str | int, int] = {}
+
+    def __call__(self, key: str | int) -> int:
+        """The shard of `key`, in 0..n_shards-1."""
+        cache = self._cache
+        shard = cache.get(key)
+        if shard is None:
+            shard = _digest(key_bytes(key)) % self.n_shards
+            if len(cache) >= self.limit:
+                cache.clear()
+            cache[key] = shard
+        return shard
 
 
 def owner_of(shard: int, members: Iterable[str]) -> str | None:

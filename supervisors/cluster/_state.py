@@ -15,8 +15,11 @@ import uuid
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+import msgpack
+
 from actors._errors import CodecError, Dropped, Interrupted, RecordedError
 from actors._outcomes import DeadLetter
+from supervisors.cluster._shards import ShardMap
 from supervisors.cluster._summary import SummaryPublisher
 
 if TYPE_CHECKING:
@@ -33,8 +36,16 @@ __all__ = [
     "entries_of",
     "error_of",
     "letter_of",
+    "pack",
     "reply_of",
 ]
+
+
+def pack(value: Any) -> bytes:
+    """A script's blob: msgpack without the bin type, which Lua's cmsgpack cannot read
+    (bytes go as msgpack str; Lua strings are bytes either way)."""
+    blob: bytes = msgpack.packb(value, use_bin_type=False)
+    return blob
 
 
 @dataclass(slots=True)
@@ -107,6 +118,7 @@ class NodeState:
         self.ns = ns
         self.reply_key = f"{ns}:reply:{self.node_id}"
         self.members_key = f"{ns}:members"
+        self.shard_of = ShardMap(config.n_shards)
         self.summaries = SummaryPublisher(ns, self.node_id, config.tick)  # for the inspector
         self.owned: dict[int, Shard] = {}
         self.inflight: dict[int, Item] = {}
@@ -115,7 +127,8 @@ class NodeState:
         # ones), as long as that item's shard is still held under its epoch (`_live`).
         self._live_ids: dict[str, Item] = {}
         self._seq = 0
-        self._outbox: list[tuple[str, dict[str, Any], asyncio.Future[None] | None]] = []
+        # (shard, SEND entry, send's waiter), or (-1, a dead letter to forget, None)
+        self._outbox: list[tuple[int, Any, asyncio.Future[None] | None]] = []
         self._commits: list[Item] = []
         self._asks: dict[str, tuple[LoopFuture[Any], Any, asyncio.TimerHandle]] = {}
         self._wake_outbox = asyncio.Event()
