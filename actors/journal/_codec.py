@@ -319,6 +319,13 @@ class Codec(CodecFormat):
         of a format version this codec does not read, and for a message that
         cannot be decoded (the error then names the key and the id).
         """
+        return EnvelopeRecord(*self._envelope_fields(data))
+
+    def _envelope_fields(
+        self, data: bytes | bytearray | memoryview
+    ) -> tuple[str | int, Any, int, int, float, str | None, float | None, str | None]:
+        """`decode_envelope`'s fields as a tuple, in its order, for a reader that needs
+        a few of them per message (the cluster's: a record object costs a microsecond)."""
         record = self._unpack(self._as_bytes(data, "envelope"), 0, envelope=True)
         if type(record) is not list or not record or type(record[0]) is not int:
             raise CodecError("not an inorder envelope: expected [version, ...]")
@@ -348,9 +355,7 @@ class Codec(CodecFormat):
                 f"cannot decode the message of the envelope for key {short(key)} "
                 f"(msg_id {short(msg_id)}): {exc}"
             ) from exc
-        return EnvelopeRecord(
-            key, message, priority, attempt, accepted_at, msg_id, expires_at, trace
-        )
+        return key, message, priority, attempt, accepted_at, msg_id, expires_at, trace
 
 
 # -- helpers ---------------------------------------------------------------------------

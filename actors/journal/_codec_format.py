@@ -280,8 +280,6 @@ class CodecFormat:
         """Unpack one whole value; `depth` counts the extensions it sits in."""
 
         def ext_hook(code: int, payload: bytes) -> Any:
-            if envelope:
-                raise CodecError("not an inorder envelope: an extension in the record")
             return self._from_ext(code, payload, depth + 1)
 
         size = len(data)
@@ -289,19 +287,22 @@ class CodecFormat:
             if depth == 0:
                 # The top level: msgpack's fastest path. Its parser state lives on the
                 # C stack (tens of kB), which is fine once but not per nesting level.
+                # unpackb bounds every length by the data's size by itself.
+                if envelope:
+                    hook: Any = _no_extension_in_an_envelope
+                elif size and _SCALAR[data[0]]:
+                    # A lone scalar (the common chat message): no extension, map or
+                    # array to hook, so none of the options below changes the result.
+                    return msgpack.unpackb(data, raw=False)
+                else:
+                    hook = ext_hook
                 return msgpack.unpackb(
                     data,
                     raw=False,
                     strict_map_key=False,
                     timestamp=3,
-                    use_list=True,
                     object_pairs_hook=_dict_from_pairs,
-                    ext_hook=ext_hook,
-                    max_str_len=size,
-                    max_bin_len=size,
-                    max_array_len=size,
-                    max_map_len=size // 2,
-                    max_ext_len=size,
+                    ext_hook=hook,
                 )
             # Inside an extension: an Unpacker keeps its parser state on the heap.
             unpacker = msgpack.Unpacker(
@@ -419,3 +420,27 @@ def short(value: Any, limit: int = 60) -> str:
         return f"<int of {value.bit_length()} bits>"
     text = repr(value)
     return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def _no_extension_in_an_envelope(code: int, payload: bytes) -> Any:
+    raise CodecError("not an inorder envelope: an extension in the record")
+
+
+def _scalar_markers() -> bytes:
+    """The msgpack first bytes of a value that holds no other (nil, bool, int, float,
+    str, bin): 1 for those, 0 for arrays, maps, extensions and the unused 0xc1."""
+    table = bytearray(256)
+    for lo, hi in (
+        (0x00, 0x7F),  # positive fixint
+        (0xA0, 0xBF),  # fixstr
+        (0xC0, 0xC0),  # nil
+        (0xC2, 0xC6),  # false, true, bin 8/16/32
+        (0xCA, 0xD3),  # float 32/64, uint and int 8..64
+        (0xD9, 0xDB),  # str 8/16/32
+        (0xE0, 0xFF),  # negative fixint
+    ):
+        table[lo : hi + 1] = b"\x01" * (hi - lo + 1)
+    return bytes(table)
+
+
+_SCALAR: Final = _scalar_markers()

@@ -13,19 +13,20 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
+from collections import Counter
 from typing import Any
 
 from actors._errors import CodecError
 from supervisors.cluster._backoff import Backoff
 from supervisors.cluster._pipeline import Call, evalsha_all
 from supervisors.cluster._state import (
+    Entry,
     Item,
     NodeState,
     RemoteReply,
     Shard,
     entries_of,
     letter_of,
-    reply_of,
 )
 
 __all__ = ["Reader"]
@@ -69,7 +70,7 @@ class Reader(NodeState):
                 entries = entries_of(result)
                 if not any(entries):
                     break
-                page = [(shard, lane, e, f) for lane, rows in enumerate(entries) for e, f in rows]
+                page = [(shard, lane, e) for lane, rows in enumerate(entries) for e in rows]
                 shard.inflight += len(page)  # a handoff waits for these too
                 try:
                     counts = await self._deliveries(shard, entries)
@@ -125,7 +126,7 @@ class Reader(NodeState):
                 core.outcomes.retain(letter_of(self.codec, letter_id, payload))
 
     async def _deliveries(
-        self, shard: Shard, entries: list[list[tuple[bytes, dict[bytes, bytes]]]]
+        self, shard: Shard, entries: list[list[Entry]]
     ) -> dict[tuple[int, bytes], int]:
         """Redis's delivery count of each replayed entry, by (stream, id)."""
         counts: dict[tuple[int, bytes], int] = {}
@@ -229,10 +230,10 @@ class Reader(NodeState):
             if not any(entries):
                 break
             page = [
-                (shard, lane, entry_id, fields)
+                (shard, lane, entry)
                 for lane, rows in enumerate(entries)
-                for entry_id, fields in rows
-                if (lane, entry_id) not in known
+                for entry in rows
+                if (lane, entry[0]) not in known
             ]
             if page:
                 await self._hand_over(page, redelivered=False)
@@ -258,7 +259,7 @@ class Reader(NodeState):
 
     async def _take_reads(self, shards: list[Shard], results: list[Any]) -> int:
         """Dispatch what one pipelined read brought; returns how many entries it had."""
-        fresh: list[tuple[Shard, int, bytes, dict[bytes, bytes]]] = []
+        fresh: list[Row] = []
         for shard, result in zip(shards, results, strict=True):
             if isinstance(result, Exception):
                 if "FENCED" in str(result):
@@ -267,22 +268,20 @@ class Reader(NodeState):
                 continue
             if self.owned.get(shard.index) is not shard:
                 continue
-            entries = entries_of(result)
-            for stream, rows in enumerate(entries):
-                for entry_id, fields in rows:
-                    fresh.append((shard, stream, entry_id, fields))
-                if rows:
-                    if stream == 0:
-                        shard.last_qp = rows[-1][0]
-                    else:
-                        shard.last_q = rows[-1][0]
+            qp, q = entries_of(result)
+            if qp:
+                shard.last_qp = qp[-1][0]
+                fresh += [(shard, 0, entry) for entry in qp]
+            if q:
+                shard.last_q = q[-1][0]
+                fresh += [(shard, 1, entry) for entry in q]
         if fresh:
             await self._hand_over(fresh, redelivered=False)
         return len(fresh)
 
     async def _hand_over(
         self,
-        rows: list[tuple[Shard, int, bytes, dict[bytes, bytes]]],
+        rows: list[Row],
         *,
         redelivered: bool,
         attempts: dict[tuple[int, bytes], int] | None = None,
@@ -294,26 +293,30 @@ class Reader(NodeState):
         shard, so a handoff cannot release it under them; a shard lost meanwhile (fenced)
         gets nothing: its next owner has the entries.
         """
-        for shard, _, _, _ in rows:
-            shard.inflight += 1
-        try:
-            duplicates = await self._duplicates(rows)
-        finally:
-            for shard, _, _, _ in rows:
-                shard.inflight -= 1
-        for shard, stream, entry_id, fields in rows:
-            if self.owned.get(shard.index) is not shard:
+        duplicates: set[tuple[int, int, bytes]] = set()
+        if any(entry[3] for _, _, entry in rows):  # only a msg_id can be a duplicate
+            held = Counter(shard.index for shard, _, _ in rows)
+            shards = {shard.index: shard for shard, _, _ in rows}
+            for index, n in held.items():
+                shards[index].inflight += n
+            try:
+                duplicates = await self._duplicates(rows)
+            finally:
+                for index, n in held.items():
+                    shards[index].inflight -= n
+        owned = self.owned
+        dispatch = self._dispatch
+        for shard, stream, entry in rows:
+            if owned.get(shard.index) is not shard:
                 continue
-            if (shard.index, stream, entry_id) in duplicates:
+            if duplicates and (shard.index, stream, entry[0]) in duplicates:
                 self.counts["duplicates"] += 1
-                self._commit_now(Item(shard, stream, entry_id, "", *reply_of(fields)), "duplicate")
+                self._commit_now(Item(shard, stream, entry[0], "", entry[5], entry[6]), "duplicate")
                 continue
-            attempt = (attempts or {}).get((stream, entry_id), 2) if redelivered else 1
-            self._dispatch(shard, stream, entry_id, fields, attempt, redelivered, firsts)
+            attempt = (attempts or {}).get((stream, entry[0]), 2) if redelivered else 1
+            dispatch(shard, stream, entry, attempt, redelivered, firsts)
 
-    async def _duplicates(
-        self, rows: list[tuple[Shard, int, bytes, dict[bytes, bytes]]]
-    ) -> set[tuple[int, int, bytes]]:
+    async def _duplicates(self, rows: list[Row]) -> set[tuple[int, int, bytes]]:
         """The entries whose `msg_id` ran already: committed (the shard's `done` set), or
         in flight here. The in-flight ones are taken before the lookup: an original whose
         commit lands during it leaves the in-flight set after `done` has it. An entry is
@@ -321,11 +324,11 @@ class Reader(NodeState):
         seen: set[str] = set()
         duplicates: set[tuple[int, int, bytes]] = set()
         lookup: dict[int, list[tuple[tuple[int, int, bytes], str]]] = {}
-        for shard, stream, entry_id, fields in rows:
-            msg_id = fields.get(b"i", b"").decode()
+        for shard, stream, entry in rows:
+            msg_id = entry[3]
             if not msg_id:
                 continue
-            name = (shard.index, stream, entry_id)
+            name = (shard.index, stream, entry[0])
             # A later copy in this batch is a duplicate whatever the first one turns out
             # to be: run (then live at the copy's dispatch) or a duplicate of a committed
             # original itself (then never live: the copy must not run in its place; found
@@ -377,8 +380,7 @@ class Reader(NodeState):
         self,
         shard: Shard,
         stream: int,
-        entry_id: bytes,
-        fields: dict[bytes, bytes],
+        entry: Entry,
         attempt: int,
         redelivered: bool,
         firsts: set[tuple[Any, int]] | None = None,
@@ -386,36 +388,35 @@ class Reader(NodeState):
         """Hand one entry to its key's actor (`firsts`: the keys seen so far in a replay)."""
         core = self.core
         assert core is not None
-        reply_key, corr = reply_of(fields)
-        msg_id = fields.get(b"i", b"").decode()
+        entry_id, data, flags, msg_id, trace, reply_key, corr = entry
         item = Item(shard, stream, entry_id, msg_id, reply_key, corr)
         try:
-            record = self.codec.decode_envelope(fields[b"e"])
-            item.key = record.key
-        except (CodecError, KeyError) as exc:
+            if data is None:
+                raise CodecError("the entry has no envelope (field e)")
+            key, message, priority, _, _, _, expires_at, _ = self.codec._envelope_fields(data)
+            item.key = key
+        except CodecError as exc:
             self.log.error(
                 "message_undecodable", shard=shard.index, entry=entry_id.decode(), error=str(exc)
             )
-            item.dead = self.codec.dumps(
-                (fields.get(b"e", b""), "undecodable", "CodecError", str(exc))
-            )
+            item.dead = self.codec.dumps((data or b"", "undecodable", "CodecError", str(exc)))
             self._commit_now(item, "undecodable")
             return
-        # Only a key's first replayed entry (per lane) can have been running when its owner
-        # died: later ones were read ahead, their delivery count says nothing.
-        first = firsts is not None and (record.key, stream) not in firsts
         if firsts is not None:
-            firsts.add((record.key, stream))
-        if first and attempt > self.config.max_deliveries:
-            # Delivered that often without an outcome: each owner died while running it
-            # (a message that kills its process). Skipped, as a dead letter, so that the
-            # key's later messages run and the nodes stop dying one after the other.
-            self.log.error(
-                "message_poisonous", shard=shard.index, key=record.key, deliveries=attempt - 1
-            )
-            item.dead = self.codec.dumps((fields[b"e"], "poison", "", f"{attempt - 1} deliveries"))
-            self._commit_now(item, "poison")
-            return
+            # Only a key's first replayed entry (per lane) can have been running when its
+            # owner died: later ones were read ahead, their delivery count says nothing.
+            first = (key, stream) not in firsts
+            firsts.add((key, stream))
+            if first and attempt > self.config.max_deliveries:
+                # Delivered that often without an outcome: each owner died while running
+                # it (a message that kills its process). Skipped, as a dead letter, so
+                # that the key's later messages run and the nodes stop dying in turn.
+                self.log.error(
+                    "message_poisonous", shard=shard.index, key=key, deliveries=attempt - 1
+                )
+                item.dead = self.codec.dumps((data, "poison", "", f"{attempt - 1} deliveries"))
+                self._commit_now(item, "poison")
+                return
         if msg_id:
             if self._live(msg_id):  # a copy replayed beside its original
                 self.counts["duplicates"] += 1
@@ -429,22 +430,29 @@ class Reader(NodeState):
         shard.inflight += 1
         if reply_key:
             item.reply = RemoteReply()
-        flags = int(fields.get(b"f", b"0"))
         ttl = None
-        if record.expires_at is not None:
-            ttl = max(record.expires_at - time.time(), 1e-6)
-        trace = fields.get(b"t")  # the sender's trace context, when it traced
+        if expires_at is not None:
+            ttl = max(expires_at - time.time(), 1e-6)
+        bits = _FLAG_BITS.get(flags)
+        if bits is None:
+            bits = int(flags)
         core.deliver_remote(
-            record.key,
-            record.message,
-            record.priority,
-            bool(flags & 1),
-            bool(flags & 2),
+            key,
+            message,
+            priority,
+            bool(bits & 1),
+            bool(bits & 2),
             item.reply,
             ttl,
             seq,
             attempt,
             redelivered,
             msg_id or None,
-            None if trace is None else trace.decode("ascii", "replace"),
+            None if trace is None else trace.decode("ascii", "replace"),  # the sender's
         )
+
+
+_FLAG_BITS = {b"0": 0, b"1": 1, b"2": 2, b"3": 3}
+
+#: An entry read from a shard: (shard, stream (0: qp, 1: q), the entry).
+Row = tuple[Shard, int, Entry]

@@ -29,6 +29,7 @@ if TYPE_CHECKING:
     from supervisors.cluster._options import RedisCluster
 
 __all__ = [
+    "Entry",
     "Item",
     "NodeState",
     "RemoteReply",
@@ -37,7 +38,6 @@ __all__ = [
     "error_of",
     "letter_of",
     "pack",
-    "reply_of",
 ]
 
 
@@ -191,22 +191,37 @@ class NodeState:
         raise NotImplementedError
 
 
-def entries_of(result: Any) -> list[list[tuple[bytes, dict[bytes, bytes]]]]:
-    """[qp rows, q rows] from an XREADGROUP reply over (qp, q)."""
-    out: list[list[tuple[bytes, dict[bytes, bytes]]]] = [[], []]
+#: A stream entry as the reader takes it: (id, envelope or None, flags, msg_id, trace
+#: or None, reply list, correlation id); "" for a field the entry does not have.
+Entry = tuple[bytes, bytes | None, bytes, str, bytes | None, str, str]
+
+
+def entries_of(result: Any) -> list[list[Entry]]:
+    """[qp entries, q entries] from an XREADGROUP reply over (qp, q)."""
+    out: list[list[Entry]] = [[], []]
     for stream_name, rows in result or []:
-        index = 0 if stream_name.endswith(b":qp") else 1
+        taken = out[0 if stream_name.endswith(b":qp") else 1]
         for entry_id, fields in rows:
             if fields is None:  # deleted while pending
                 continue
+            # The common entry, as SEND writes it: its envelope and flags, nothing else.
+            if type(fields) is list and len(fields) == 4 and fields[0] == b"e":
+                taken.append((entry_id, fields[1], fields[3], "", None, "", ""))
+                continue
             if isinstance(fields, list):
                 fields = dict(zip(fields[::2], fields[1::2], strict=True))
-            out[index].append((entry_id, fields))
+            taken.append(
+                (
+                    entry_id,
+                    fields.get(b"e"),
+                    fields.get(b"f", b"0"),
+                    fields.get(b"i", b"").decode(),
+                    fields.get(b"t"),
+                    fields.get(b"r", b"").decode(),
+                    fields.get(b"c", b"").decode(),
+                )
+            )
     return out
-
-
-def reply_of(fields: dict[bytes, bytes]) -> tuple[str, str]:
-    return fields.get(b"r", b"").decode(), fields.get(b"c", b"").decode()
 
 
 def error_of(key: Any, value: Any) -> BaseException:
