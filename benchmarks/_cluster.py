@@ -439,8 +439,13 @@ async def started(
     url: str,
     directory: Path,
     profiles: Path | None = None,
+    pin_server: int | None = None,
 ) -> AsyncIterator[Run]:
-    """Flush the server, start ``processes`` children and the producer; stop them all."""
+    """Flush the server, start ``processes`` children and the producer; stop them all.
+
+    ``pin_server``: the server's PID, to pin with this process (the producer) to the
+    first CPU and the children to the second, as ``taskset`` would.
+    """
     import redis.asyncio as aioredis
 
     client = aioredis.Redis.from_url(url)
@@ -472,8 +477,21 @@ async def started(
                 "shard assignment",
                 children,
             )
+        mask = os.sched_getaffinity(0)
+        if pin_server is not None:
+            first, second = sorted(mask)[:2]
+            os.sched_setaffinity(pin_server, {first})
+            os.sched_setaffinity(0, {first})
+            for child in children:
+                os.sched_setaffinity(child.pid, {second})
         await producer.start()
-        yield Run(column, sizes, url, client, children, producer, Workload(sizes.users))
+        try:
+            yield Run(column, sizes, url, client, children, producer, Workload(sizes.users))
+        finally:
+            if pin_server is not None:
+                os.sched_setaffinity(0, mask)
+                with contextlib.suppress(OSError):
+                    os.sched_setaffinity(pin_server, mask)
     finally:
         try:
             await producer.close()
@@ -504,6 +522,7 @@ async def measure_run(
     *,
     failover: bool,
     profiles: Path | None = None,
+    pin_server: int | None = None,
 ) -> dict[str, float]:
     """Throughput, CPU and commands per message; then, with ``failover``, the kill.
 
@@ -513,7 +532,7 @@ async def measure_run(
     """
     with tempfile.TemporaryDirectory(prefix="bench-cluster-") as tmp:
         directory = Path(tmp)
-        async with started(column, processes, sizes, url, directory, profiles) as run:
+        async with started(column, processes, sizes, url, directory, profiles, pin_server) as run:
             figures = await _throughput(run, profiles)
             kill_at = await _failover(run) if failover else None
             if run.taken_over is not None:

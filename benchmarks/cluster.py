@@ -8,7 +8,9 @@ by command, and with ``--failover`` the kill -9 phase (the longest wait after th
 the time until the survivor held every lease, the takeovers that failed, messages
 lost, handled twice or out of order). ``--shards`` and ``--lease`` change the cluster's
 settings (default: the scenario's: 64 shards, lease 3 s); ``--msg-id`` makes the runtime's
-producer tell every message with a ``msg_id`` (deduplicated in Redis).
+producer tell every message with a ``msg_id`` (deduplicated in Redis). ``--pin`` puts the
+server and the producer on the first CPU and the node processes on the second (as
+``taskset`` would), so that the nodes' rate can be read apart from their neighbours.
 
 ``--profile`` runs every child process and the producer under cProfile during the
 throughput phase and prints the top functions by own and by cumulative time of the first
@@ -25,6 +27,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import dataclasses
+import os
 import pstats
 import tempfile
 from pathlib import Path
@@ -74,6 +77,7 @@ async def _main(args: argparse.Namespace) -> None:
                 server.url,
                 failover=args.failover,
                 profiles=profiles,
+                pin_server=server.pid if args.pin else None,
             )
             print(f"{args.column}, {args.processes} process(es), {sizes}:")
             _print(figures)
@@ -97,12 +101,19 @@ def main(argv: list[str] | None = None) -> None:
     )
     parser.add_argument("--failover", action="store_true", help="also the kill -9 phase")
     parser.add_argument("--profile", action="store_true", help="cProfile of the processes")
+    parser.add_argument(
+        "--pin",
+        action="store_true",
+        help="the server and the producer on the first CPU, the nodes on the second",
+    )
     parser.add_argument("--limit", type=int, default=25, help="functions per profile")
     parser.add_argument("--repeat", type=int, default=1, metavar="N")
     parser.add_argument("--quick", action="store_true", help="the scenario's quick sizes")
     args = parser.parse_args(argv)
     if args.processes < 1:
         parser.error("--processes must be at least 1")
+    if args.pin and len(os.sched_getaffinity(0)) < 2:
+        parser.error("--pin needs 2 CPUs")
     if args.failover and args.processes < 2:
         parser.error("--failover needs --processes 2 or more")
     asyncio.run(_main(args))
