@@ -326,7 +326,9 @@ class Codec(CodecFormat):
     ) -> tuple[str | int, Any, int, int, float, str | None, float | None, str | None]:
         """`decode_envelope`'s fields as a tuple, in its order, for a reader that needs
         a few of them per message (the cluster's: a record object costs a microsecond)."""
-        record = self._unpack(self._as_bytes(data, "envelope"), 0, envelope=True)
+        if type(data) is not bytes or len(data) > self._max_size:
+            data = self._as_bytes(data, "envelope")  # a copy, or the size's CodecError
+        record = self._unpack(data, 0, envelope=True)
         if type(record) is not list or not record or type(record[0]) is not int:
             raise CodecError("not an inorder envelope: expected [version, ...]")
         if record[0] != ENVELOPE_VERSION:

@@ -278,10 +278,6 @@ class CodecFormat:
 
     def _unpack(self, data: bytes, depth: int, *, envelope: bool = False) -> Any:
         """Unpack one whole value; `depth` counts the extensions it sits in."""
-
-        def ext_hook(code: int, payload: bytes) -> Any:
-            return self._from_ext(code, payload, depth + 1)
-
         size = len(data)
         try:
             if depth == 0:
@@ -295,7 +291,7 @@ class CodecFormat:
                     # array to hook, so none of the options below changes the result.
                     return msgpack.unpackb(data, raw=False)
                 else:
-                    hook = ext_hook
+                    hook = self._ext_hook(0)
                 return msgpack.unpackb(
                     data,
                     raw=False,
@@ -311,7 +307,7 @@ class CodecFormat:
                 timestamp=3,
                 use_list=True,
                 object_pairs_hook=_dict_from_pairs,
-                ext_hook=ext_hook,
+                ext_hook=self._ext_hook(depth),
                 max_buffer_size=max(size, 1),
             )
             unpacker.feed(data)
@@ -324,6 +320,15 @@ class CodecFormat:
         except Exception as exc:
             where = f"({size} bytes)" if depth == 0 else "(inside an extension)"
             raise CodecError(f"malformed payload {where}: {_describe(exc)}") from exc
+
+    def _ext_hook(self, depth: int) -> Any:
+        """msgpack's ext_hook for a value `depth` extensions deep (made only when one may
+        hold an extension: a lone scalar and an envelope's record never do)."""
+
+        def ext_hook(code: int, payload: bytes) -> Any:
+            return self._from_ext(code, payload, depth + 1)
+
+        return ext_hook
 
     def _from_ext(self, code: int, payload: bytes, depth: int) -> Any:
         if code != _EXT_TUPLE and code != _EXT_OBJECT:
