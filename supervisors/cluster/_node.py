@@ -112,6 +112,7 @@ class ClusterNode(Leases, Reader, Commits):
         self._claim = c.register_script(scripts.CLAIM)
         self._commit = c.register_script(scripts.COMMIT)
         self._send = c.register_script(scripts.SEND)
+        self._done = c.register_script(scripts.DONE)
 
     def run(self, core: _Core | None) -> None:
         """Start the tasks (`core` None: a sender only, which runs no actors)."""

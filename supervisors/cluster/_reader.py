@@ -27,6 +27,7 @@ from supervisors.cluster._state import (
     Shard,
     entries_of,
     letter_of,
+    pack,
 )
 
 __all__ = ["Reader"]
@@ -356,24 +357,25 @@ class Reader(NodeState):
                     )
                 await asyncio.sleep(retry.pause)
                 continue
-            # A mark older than the window is forgotten: the commits trim the set only
-            # when they add to it.
-            oldest = time.time() * 1000 - self.config.dedup_window * 1000
-            for pairs, scores in zip(lookup.values(), answers, strict=True):
-                duplicates.update(
-                    e
-                    for (e, _), score in zip(pairs, scores, strict=True)
-                    if score is not None and score >= oldest
-                )
+            for pairs, flags in zip(lookup.values(), answers, strict=True):
+                duplicates.update(e for (e, _), seen in zip(pairs, flags, strict=True) if seen)
             break
         return duplicates
 
     async def _done_scores(self, lookup: dict[int, list[tuple[Any, str]]]) -> list[Any]:
-        """The `done` scores of the msg_ids to look up, per shard (one pipeline)."""
-        async with self.client.pipeline(transaction=False) as pipe:
-            for index, pairs in lookup.items():
-                pipe.zmscore(self.key(index, "done"), [m for _, m in pairs])
-            answers: list[Any] = await pipe.execute()
+        """Per shard, whether each msg_id to look up was committed within the window (one
+        script call per shard, the msg_ids in one blob; one round trip). A mark older
+        than the window counts for nothing: the commits trim the set only when they add
+        to it."""
+        oldest = int(time.time() * 1000 - self.config.dedup_window * 1000)
+        calls: list[Call] = [
+            (self._done, [self.key(index, "done")], [oldest, pack([m for _, m in pairs])])
+            for index, pairs in lookup.items()
+        ]
+        answers = await evalsha_all(self.client, calls)
+        for answer in answers:
+            if isinstance(answer, Exception):
+                raise answer  # a server refusing: looked up again after a pause
         return answers
 
     def _dispatch(

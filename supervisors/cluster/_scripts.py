@@ -29,7 +29,7 @@ from __future__ import annotations
 
 from typing import Final
 
-__all__ = ["ACQUIRE", "CLAIM", "COMMIT", "READ", "RELEASE", "RENEW", "SEND"]
+__all__ = ["ACQUIRE", "CLAIM", "COMMIT", "DONE", "READ", "RELEASE", "RENEW", "SEND"]
 
 #: KEYS: lease, epoch, log, q, qp. ARGV: node, ttl_ms.
 #: Take a free lease: a new epoch, the token `node|epoch`; the consumer group is
@@ -95,6 +95,21 @@ for _, entry in ipairs(entries) do
   redis.call('XADD', KEYS[entry[1]], '*', unpack(entry, 2))
 end
 return #entries
+"""
+
+#: KEYS: done. ARGV: the oldest mark still in the window (ms), a blob: the msg_ids to
+#: look up. Returns 1 (committed within the window: a duplicate) or 0 per msg_id.
+DONE: Final = """
+local ids = cmsgpack.unpack(ARGV[2])
+local oldest = tonumber(ARGV[1])
+local out = {}
+for i = 1, #ids, 1000 do
+  local scores = redis.call('ZMSCORE', KEYS[1], unpack(ids, i, math.min(i + 999, #ids)))
+  for j, score in ipairs(scores) do
+    out[i + j - 1] = (score and tonumber(score) >= oldest) and 1 or 0
+  end
+end
+return out
 """
 
 #: KEYS: lease, qp, q, done, dlq (hash: letter id -> payload), dlqx (zset: letter id ->

@@ -105,6 +105,8 @@ class NodeState:
     _read: Any
     _claim: Any
     _commit: Any
+    _send: Any
+    _done: Any
 
     def __init__(
         self, config: RedisCluster, codec: Codec, loop: asyncio.AbstractEventLoop, log: Any
@@ -204,10 +206,17 @@ def entries_of(result: Any) -> list[list[Entry]]:
         for entry_id, fields in rows:
             if fields is None:  # deleted while pending
                 continue
-            # The common entry, as SEND writes it: its envelope and flags, nothing else.
-            if type(fields) is list and len(fields) == 4 and fields[0] == b"e":
-                taken.append((entry_id, fields[1], fields[3], "", None, "", ""))
-                continue
+            # The common entries, as SEND writes them: the envelope and flags, and maybe
+            # a msg_id.
+            if type(fields) is list and fields and fields[0] == b"e":
+                n = len(fields)
+                if n == 4:
+                    taken.append((entry_id, fields[1], fields[3], "", None, "", ""))
+                    continue
+                if n == 6 and fields[4] == b"i":  # with a msg_id
+                    msg_id = fields[5].decode()
+                    taken.append((entry_id, fields[1], fields[3], msg_id, None, "", ""))
+                    continue
             if isinstance(fields, list):
                 fields = dict(zip(fields[::2], fields[1::2], strict=True))
             taken.append(
