@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator, MutableMapping, Sequence
+from collections.abc import AsyncIterator, Callable, MutableMapping, Sequence
 from typing import Any
 
 from supervisors import RestartPolicy, Runtime
@@ -72,3 +72,13 @@ async def running(*args: Any, **options: Any) -> AsyncIterator[Runtime]:
 
 def named(logs: Sequence[MutableMapping[str, Any]], event: str) -> list[MutableMapping[str, Any]]:
     return [entry for entry in logs if entry["event"] == event]
+
+
+async def until(predicate: Callable[[], Any], seconds: float = 10.0) -> None:
+    """Poll `predicate` every 10 ms until it holds (a hang detector, not a timing): for
+    what the runtime's own loops move, a cluster's ticks, reads and commits."""
+    for _ in range(int(seconds / 0.01)):
+        if predicate():
+            return
+        await asyncio.sleep(0.01)
+    raise AssertionError("condition not reached")

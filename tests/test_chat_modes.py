@@ -28,6 +28,7 @@ from actors import (
     UserActor,
 )
 from supervisors import RedisCluster, RestartPolicy, Runtime
+from tests.helpers import until
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -90,14 +91,6 @@ def mode(request: pytest.FixtureRequest, tmp_path: Path) -> tuple[str, Any]:
     if request.param == "durable":
         return "durable", tmp_path
     return "cluster", request.getfixturevalue("redis_url")
-
-
-async def until(predicate: Any, seconds: float = 10.0) -> None:
-    for _ in range(int(seconds / 0.01)):
-        if predicate():
-            return
-        await asyncio.sleep(0.01)
-    raise AssertionError("condition not reached")
 
 
 def pending_in_journal(path: Path) -> int:

@@ -15,6 +15,7 @@ import pytest
 
 from actors import Context, FutureTimeout, RecordedError, UserActor
 from supervisors import Directive, RedisCluster, RestartPolicy, Runtime
+from tests.helpers import until
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -79,15 +80,6 @@ async def node(url: str, name: str, **overrides: Any) -> AsyncIterator[Runtime]:
     finally:
         if rt.stats()["state"] == "running":
             await rt.stop()
-
-
-async def until(predicate: Any, seconds: float = 10.0) -> None:
-    """Poll (a hang detector, not a timing): the cluster's own ticks move things."""
-    for _ in range(int(seconds / 0.01)):
-        if predicate():
-            return
-        await asyncio.sleep(0.01)
-    raise AssertionError("condition not reached")
 
 
 def owned(rt: Runtime) -> list[int]:

@@ -26,6 +26,7 @@ from supervisors import Directive, RedisCluster, RestartPolicy, Runtime
 from supervisors.cluster import ClusterInspector
 from supervisors.cluster._summary import SummaryPublisher
 from supervisors.testing import EmbeddedRedis
+from tests.helpers import until
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -67,15 +68,6 @@ async def node(url: str) -> AsyncIterator[Runtime]:
     finally:
         GATE["open"].set()
         await rt.stop(timeout=2.0)
-
-
-async def until(predicate: Callable[[], bool], seconds: float = 10.0) -> None:
-    """Poll (a hang detector, not a timing)."""
-    for _ in range(int(seconds / 0.01)):
-        if predicate():
-            return
-        await asyncio.sleep(0.01)
-    raise AssertionError("condition not reached")
 
 
 async def read_until(

@@ -22,6 +22,7 @@ from actors import Context, UserActor
 from supervisors import RedisCluster, Runtime
 from supervisors.cluster._backoff import Backoff
 from supervisors.testing import EmbeddedRedis
+from tests.helpers import until
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -31,15 +32,6 @@ SECRET = "s3cr3t-Pw"
 class Echo(UserActor):
     async def on_message(self, message: Any, ctx: Context) -> Any:
         return message
-
-
-async def until(predicate: Any, seconds: float = 10.0) -> None:
-    """Poll (a hang detector, not a timing): the cluster's own loops move things."""
-    for _ in range(int(seconds / 0.01)):
-        if predicate():
-            return
-        await asyncio.sleep(0.01)
-    raise AssertionError("condition not reached")
 
 
 @contextlib.asynccontextmanager

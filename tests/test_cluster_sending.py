@@ -17,6 +17,7 @@ import structlog
 from actors import Context, UserActor
 from supervisors import RedisCluster, Runtime
 from supervisors.cluster._shards import shard_of
+from tests.helpers import until
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -45,15 +46,6 @@ def config(url: str, **overrides: Any) -> RedisCluster:
     }
     options.update(overrides)
     return RedisCluster(url, **options)
-
-
-async def until(predicate: Any, seconds: float = 10.0) -> None:
-    """Poll (a hang detector, not a timing): the cluster's own tasks move things."""
-    for _ in range(int(seconds / 0.01)):
-        if predicate():
-            return
-        await asyncio.sleep(0.01)
-    raise AssertionError("condition not reached")
 
 
 async def test_a_copy_read_with_a_rewritten_committed_original_does_not_run(

@@ -33,7 +33,7 @@ from actors.journal._codec_format import packb
 from supervisors import RedisCluster, RestartPolicy, Runtime
 from supervisors.cluster._shards import shard_of
 from supervisors.observe._tracing import Tracing, hash_key
-from tests.helpers import in_flight, settle
+from tests.helpers import in_flight, settle, until
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -436,15 +436,6 @@ def cluster(url: str, **overrides: Any) -> RedisCluster:
     }
     options.update(overrides)
     return RedisCluster(url, **options)
-
-
-async def until(predicate: Any, seconds: float = 10.0) -> None:
-    """Poll (a hang detector, not a timing): the cluster's own ticks move things."""
-    for _ in range(int(seconds / 0.01)):
-        if predicate():
-            return
-        await asyncio.sleep(0.01)
-    raise AssertionError("condition not reached")
 
 
 def owned(rt: Runtime) -> list[int]:
