@@ -152,3 +152,52 @@ async def _send_through_a_restart(server: Any, users: int, per_user: int) -> Non
             await node.stop()
     finally:
         await asyncio.to_thread(server.stop)
+
+
+class Gated(UserActor):
+    gate: asyncio.Event | None = None
+
+    async def on_message(self, message: Any, ctx: Context) -> None:
+        if message == "wait" and Gated.gate is not None:
+            await Gated.gate.wait()
+        SEEN.append((ctx.key, message))
+
+
+async def test_calls_the_server_refuses_are_retried_not_lost_or_doubled(redis_url: str) -> None:
+    """Redis out of memory refuses the sender's SEND calls (`-OOM`): they are retried until
+    it takes them, and only those it refused: every message runs once, in order, and once
+    committed nothing stays pending (a commit ran while the server was out of memory)."""
+    import redis.asyncio as aioredis
+
+    Gated.gate = asyncio.Event()
+    client = aioredis.Redis.from_url(redis_url)
+    node = await Runtime(Gated, cluster=config(redis_url), idle_timeout=None).start()
+    try:
+        await until(lambda: len(node.stats()["cluster"]["shards_owned"]) == N_SHARDS)
+        with structlog.testing.capture_logs() as logs:
+            node.tell("k", "wait", msg_id="w")  # its dedup mark: a write Redis refuses
+            await until(lambda: node.stats()["in_flight"] == 1)
+            await client.config_set("maxmemory-policy", "noeviction")
+            await client.config_set("maxmemory", 1)  # every write refused from here
+            try:
+                for n in range(20):
+                    node.tell("k", n)  # refused by Redis: waits in the outbox
+                Gated.gate.set()  # "wait" ends and commits meanwhile
+                await until(lambda: any(e["event"] == "cluster_send_retry" for e in logs))
+                assert SEEN == [("k", "wait")]
+            finally:
+                await client.config_set("maxmemory", 0)
+            await until(lambda: len(SEEN) == 21)
+            await until(lambda: node.stats()["in_flight"] == 0)
+        assert [("k", "wait"), *(("k", n) for n in range(20))] == SEEN
+        stream = node._node.key(shard_of("k", N_SHARDS), "q")  # type: ignore[union-attr]
+        for _ in range(500):  # the last commit lands: nothing left pending
+            if (await client.xpending(stream, "rt"))["pending"] == 0:
+                break
+            await asyncio.sleep(0.01)
+        assert (await client.xpending(stream, "rt"))["pending"] == 0
+    finally:
+        Gated.gate = None
+        await client.config_set("maxmemory", 0)
+        await client.aclose()
+        await node.stop()
