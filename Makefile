@@ -86,8 +86,10 @@ test: lint typecheck check-wheel browser
 # The suite on one Python, both builds: the targets below, run with that Python's venv.
 # Each build adds a line to $(SUMMARY): version, build, outcome, pytest's tally, and the
 # time with the venv or the mypyc build. A Python this machine lacks is skipped, loudly.
-# The first Python ($(PY)) runs every test; the others leave out the few slow files
-# (tests/conftest.py SLOW_FILES: chaos, crash, demo and benchmark runs), as "deselected".
+# The first Python's ($(PY)) compiled build, the one users install, runs every test; the
+# other suites leave out the few slow files (tests/conftest.py SLOW_FILES: chaos, crash,
+# demo and benchmark runs, minutes of real processes), as "deselected": they are there
+# for what differs between versions and builds, and keep make test within its budget.
 $(SUITES): suite-%:
 	@py='$(strip $(call python_for,$*))'; venv='$(call venv_for,$*)'; \
 	version=$$([ -n "$$py" ] && "$$py" -c 'import platform; print(platform.python_version())' 2>/dev/null); \
@@ -98,8 +100,8 @@ $(SUITES): suite-%:
 		exit 0; \
 	fi; \
 	mkdir -p $$venv; set -o pipefail; failed=0; \
-	skip_slow=1; [ $* != $(PY_VERSION) ] || skip_slow=0; \
 	for build in pure compiled; do \
+		skip_slow=1; [ $* != $(PY_VERSION) ] || [ $$build != compiled ] || skip_slow=0; \
 		target=pytest; [ $$build = pure ] || target=pytest-compiled; \
 		echo "== Python $$version ($$py), $$build build, in $$venv"; start=$$SECONDS; \
 		INORDER_SKIP_SLOW=$$skip_slow $(MAKE) --no-print-directory VENV=$$venv PY="$$py" $$target 2>&1 \

@@ -37,9 +37,9 @@ settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "default"))
 
 
 #: The few files of real-process chaos, crash, demo and benchmark runs: marked `slow`.
-#: `make test` runs them on the first Python (both builds) and leaves them out on the
-#: others (INORDER_SKIP_SLOW=1), whose suites are there for what differs between
-#: versions (the language, the event loop, sqlite3), not for minutes of process kills.
+#: `make test` runs them on the first Python's compiled build and leaves them out of the
+#: other suites (INORDER_SKIP_SLOW=1), which are there for what differs between versions
+#: and builds (the language, the event loop, sqlite3, mypyc), not for minutes of kills.
 SLOW_FILES = frozenset(
     {"test_cluster_chaos.py", "test_durable_crash.py", "test_demo_cluster.py", "test_benchmarks.py"}
 )

@@ -401,8 +401,18 @@ def test_watch_prints_each_read_until_interrupted(admin: str) -> None:
         stderr=subprocess.PIPE,
         text=True,
         cwd=ROOT,
+        preexec_fn=_sigint_default,
     ) as child:
         _watched(child)
+
+
+def _sigint_default() -> None:
+    """In the child before it starts: SIGINT at its default and not blocked, whatever this
+    process inherited. A SIGINT ignored or blocked here passes on to the child (as a shell
+    does for a background job), whose Python then installs no KeyboardInterrupt for it: its
+    watch went on until its pipes closed (seen once in a whole suite's run)."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, [signal.SIGINT])
 
 
 def _watched(child: subprocess.Popen[str]) -> None:
