@@ -193,15 +193,20 @@ class Ingress:
         self._scheduled = False
         items = self._items
         consume = self._consume
-        transit = self._core.transit
+        core = self._core
+        transit = core.transit
+        waiters = core.room_waiters
         while items:
             item = items.popleft()
             consume(item)
-            tokens = transit.get(item[0])
+            key = item[0]
+            tokens = transit.get(key)
             if tokens:
                 tokens.pop()
                 if not tokens:
-                    del transit[item[0]]
+                    del transit[key]
+                if waiters and key in waiters:  # its reserved room counted for the line
+                    core.pacing.transit_done(key)
         if self._drained is not None:
             self._drained()
 

@@ -141,13 +141,23 @@ class Pacing:
         """A message left `cell`'s mailbox: the head of its line tries again."""
         self._signal(cell.key)
 
+    def transit_done(self, key: Any) -> None:
+        """A thread's message for `key` reached the loop: its reserved room is released
+        (and, if the message was not taken in, a duplicate or refused, room is made)."""
+        self._signal(key)
+
     def _signal(self, key: Any) -> None:
         line = self.room_waiters.get(key)
         if not line:
             return
+        # Room as `_Core.accept` counts it: the mailbox plus what threads have in transit
+        # for the key. Counting less would wake the head into a `MailboxFull` it retries
+        # at once, without yielding, so the loop would spin and never drain the transit.
         core = self._core
         cell = core.cells.get(key)
-        if cell is not None and len(cell) >= core.max_pending:
+        tokens = core.transit.get(key)
+        size = (len(cell) if cell is not None else 0) + (len(tokens) if tokens else 0)
+        if size >= core.max_pending:
             return
         turn = line[0].turn
         if not turn.done():

@@ -6,6 +6,7 @@ A Telegram update delivered twice (a webhook retried) must not cause a second tu
 from __future__ import annotations
 
 import asyncio
+import threading
 from typing import Any
 
 import pytest
@@ -218,6 +219,38 @@ async def test_send_waits_for_room_instead_of_raising() -> None:
 
 def _send_in_thread(rt: Runtime, message: Any) -> None:
     asyncio.run(rt.send("u", message, timeout=5))
+
+
+def _tell_from_a_thread(rt: Runtime, message: Any, msg_id: str | None) -> None:
+    caller = threading.Thread(target=rt.tell, args=("u", message), kwargs={"msg_id": msg_id})
+    caller.start()
+    caller.join()  # blocks the loop, so the thread's call waits in transit
+
+
+@pytest.mark.parametrize(("msg_id", "runs"), [(None, ["wait", 1, 3, 2]), ("m1", ["wait", 1, 2])])
+async def test_a_waiting_send_waits_for_room_a_thread_reserved(
+    msg_id: str | None, runs: list[Any]
+) -> None:
+    # The room a thread's call reserved counts for the line as it does for accept: the
+    # head, woken when the mailbox emptied, finds it taken and waits again, rather than
+    # retry at once without yielding (the loop spun, never draining the thread's call).
+    # If the thread's message is not taken in after all (a duplicate), its room comes
+    # back to the line when the loop sees it, not at the next message handled.
+    bot = echo(gate=True)
+    async with Runtime(bot, max_pending=1) as rt:
+        rt.tell("u", "wait")
+        await in_flight(rt, 1)
+        rt.tell("u", 1, msg_id="m1")
+        sending = asyncio.ensure_future(rt.send("u", 2))
+        await asyncio.sleep(0)
+        # White-box, to make the race certain: once the head's turn comes (the mailbox
+        # emptied), a thread's tell takes the room before the head's task gets to try.
+        (head,) = rt._core.pacing.room_waiters["u"]  # type: ignore[union-attr]
+        head.turn.add_done_callback(lambda _: _tell_from_a_thread(rt, 3, msg_id))
+        bot.gate.set()  # type: ignore[union-attr]
+        await asyncio.wait_for(sending, 5)
+        await settle(rt)
+    assert bot.runs == runs
 
 
 async def test_send_gives_up_after_its_timeout() -> None:

@@ -467,6 +467,7 @@ class TestThreads:
 
         class Core:  # what the ingress reads of the router, and where it delivers
             transit: dict[Any, int] = {}
+            room_waiters: dict[Any, Any] = {}  # no sender waits for room
             cells: dict[Any, Any] = {}
             max_pending = 10_000
             max_total_pending = None
