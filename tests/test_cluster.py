@@ -243,6 +243,26 @@ async def test_a_node_that_lost_its_lease_is_fenced(redis_url: str) -> None:
             )
 
 
+async def test_a_paused_owner_reads_nothing_once_its_shard_was_taken_over(
+    redis_url: str,
+) -> None:
+    """The next owner's acquisition destroys the earlier owner's consumer group: a paused
+    node that still thinks it owns the shard gets `NOGROUP` on its next read, counts it as
+    fenced and drops the shard; the new message runs once, on the new owner."""
+    async with node(redis_url, "a", lease_ttl=0.6, tick=0.1) as a:
+        await until(lambda: len(owned(a)) == 8)
+        victim = "read-fence"
+        # "a" pauses its membership tick (no more renewals), as a stopped process would.
+        a._node._tick = lambda began: asyncio.sleep(0)  # type: ignore[method-assign,union-attr]
+        async with node(redis_url, "b", lease_ttl=0.6, tick=0.1) as b:
+            await until(lambda: _shard(victim) in owned(b), seconds=10)
+            assert _shard(victim) in owned(a)  # "a" has not noticed
+            await b.ask(victim, "after")
+            await until(lambda: _shard(victim) not in owned(a))
+            assert a.stats()["cluster"]["fenced"] >= 1
+            assert [n for n, k, m, _, _ in SEEN if k == victim] == ["b"]
+
+
 async def test_a_node_past_its_fence_point_starts_nothing_that_waits_here(
     redis_url: str,
 ) -> None:
@@ -590,3 +610,45 @@ async def test_a_state_kept_here_is_forgotten_when_its_shard_is_acquired_again(
         assert await rt.ask(key, "n") == 1  # a clean slate, not the stale 4
     finally:
         await rt.stop()
+
+
+async def test_acquire_keeps_the_earlier_groups_deliveries_and_destroys_them(
+    redis_url: str,
+) -> None:
+    """`ACQUIRE` on a shard whose earlier owner left entries delivered and uncommitted:
+    their delivery counts go to `tries` (an entry no longer in the stream has none), the
+    earlier group goes, and the new owner's group starts at the start of the streams."""
+    import redis.asyncio
+
+    from supervisors.cluster._scripts import ACQUIRE
+
+    client = redis.asyncio.Redis.from_url(redis_url)
+    names = ("lease", "epoch", "log", "q", "qp", "tries")
+    keys = [f"t:{{t:0}}:{n}" for n in names]
+    lease, q, qp, tries = keys[0], keys[3], keys[4], keys[5]
+    acquire = client.register_script(ACQUIRE)
+    try:
+        ids = [await client.xadd(q, {"e": str(n)}) for n in range(4)]
+        p_id = await client.xadd(qp, {"e": "p"})
+        for stream in (q, qp):
+            await client.xgroup_create(stream, "old|1", "0")
+        await client.xreadgroup("old|1", "old|1", {q: ">", qp: ">"}, count=3)  # q 0-2, qp
+        await client.xreadgroup("old|1", "old|1", {q: "0"}, count=1)  # q 0 delivered twice
+        await client.xdel(q, ids[2])  # committed, say: no longer in the stream
+        await client.set(lease, "held")
+        assert await acquire(keys=keys, args=["b", 1000]) is None
+        await client.delete(lease)
+        token = (await acquire(keys=keys, args=["b", 1000])).decode()
+        assert token == "b|1"
+        assert await client.hgetall(tries) == {
+            b"1:" + ids[0]: b"2",
+            b"1:" + ids[1]: b"1",
+            b"0:" + p_id: b"1",
+        }
+        for stream in (q, qp):
+            groups = await client.xinfo_groups(stream)
+            assert [(g["name"], g["last-delivered-id"]) for g in groups] == [
+                (token.encode(), b"0-0")
+            ]
+    finally:
+        await client.aclose()

@@ -11,9 +11,11 @@ What happens when, for `Runtime(Bot, cluster=RedisCluster(url))`:
 * **every tick**: membership, lease renewal and the shard plan (`_leases.py`, with
   rendezvous hashing of keys to shards and shards to nodes in `_shards.py`); a shard
   another node should own is handed off after its local messages drain.
-* **taking a shard over and reading**: `_reader.py` claims an earlier owner's pending
-  entries, replays them in stream order, then reads new ones and hands each to the
-  key's local actor.
+* **taking a shard over and reading**: the acquisition (`_leases.py`, the `ACQUIRE`
+  script) gives the owner a consumer group of its own at the start of the streams and
+  destroys the earlier owners' groups, keeping their delivery counts; `_reader.py`
+  reads, redelivers first what an earlier owner left uncommitted, in stream order, and
+  hands each entry to the key's local actor.
 * **outcomes**: `_commits.py` writes each shard's batch (dedup mark, reply, dead
   letter, acknowledgement) in one script that checks the lease's fencing token; a
   refused commit drops the shard at once (G12).

@@ -190,11 +190,11 @@ class ClusterInspector:
                 pipe.get(self.key(shard, "epoch"))
                 for stream in ("q", "qp"):
                     pipe.xlen(self.key(shard, stream))
-                    pipe.xpending(self.key(shard, stream), "rt")
+                    pipe.xinfo_groups(self.key(shard, stream))  # the owner's, or none
                 pipe.zcard(self.key(shard, "dlqx"))
             answers = await pipe.execute(raise_on_error=False)
         for answer in answers:
-            if isinstance(answer, Exception) and "NOGROUP" not in str(answer):
+            if isinstance(answer, Exception) and "no such key" not in str(answer):
                 raise answer
         summaries, rows = answers[: len(members)], answers[len(members) :]
         nodes = [
@@ -292,7 +292,12 @@ def _shard(index: int, row: list[Any]) -> dict[str, Any]:
     if isinstance(lease, bytes):
         owner, _, token_epoch = lease.decode().rpartition("|")
         current = int(token_epoch) if token_epoch.isdigit() else None
-    pending = sum(int(p["pending"]) for p in (q_pending, qp_pending) if isinstance(p, dict))
+    pending = sum(
+        int(group["pending"])
+        for groups in (q_pending, qp_pending)
+        if isinstance(groups, list)
+        for group in groups
+    )
     return {
         "shard": index,
         "owner": owner,

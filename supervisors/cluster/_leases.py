@@ -93,7 +93,10 @@ class Leases(NodeState):
             async with c.pipeline(transaction=False) as pipe:
                 for index in todo.acquire:
                     await self._acquire(  # queued on the pipeline (redis-py's scripts are async)
-                        keys=[self.key(index, n) for n in ("lease", "epoch", "log", "q", "qp")],
+                        keys=[
+                            self.key(index, n)
+                            for n in ("lease", "epoch", "log", "q", "qp", "tries")
+                        ],
                         args=[self.node_id, int(cfg.lease_ttl * 1000)],
                         client=pipe,
                     )

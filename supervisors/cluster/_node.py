@@ -14,11 +14,13 @@ What happens when, for `Runtime(Bot, cluster=RedisCluster(url))`:
    members read back, every owned lease renewed in one script; then, by
    rendezvous hashing (supervisors/cluster/_shards.py), free leases the node should
    hold are acquired, and shards another live node should hold are handed off.
-4. **Taking a shard over**: the pending entries of earlier owners are claimed
-   into this owner's consumer and replayed in stream order (redelivered, with
-   the attempt from Redis's delivery count) before anything new is read.
-5. **Reading**: one task reads every owned shard (fenced, pipelined, `qp`
-   first) and hands each entry to the key's local actor; when nothing is
+4. **Taking a shard over**: the acquisition makes this owner's consumer group,
+   at the start of the streams, and destroys the earlier owners' groups, keeping
+   what they had delivered without a commit in `tries`; those entries come first
+   in the reads, redelivered, with the attempt from their delivery counts.
+5. **Reading**: one task reads every owned shard (pipelined `XREADGROUP`s into
+   the owner's group, fenced by it, `qp` first) and hands each entry to the
+   key's local actor; when nothing is
    there it waits on a plain blocking `XREAD`, which changes nothing in Redis.
 6. **Committing**: each outcome queues a commit; the commit task writes a
    batch per shard in one fenced script: dedup mark, the ask's reply, the dead
@@ -90,6 +92,9 @@ class ClusterNode(Leases, Reader, Commits):
             self.config.url, max_connections=32, timeout=None
         )
         self.client = aioredis.Redis(connection_pool=pool)
+        # The reads' replies as the server sent them (entries_of takes them so): redis-py's
+        # parser would make a dict of every entry's fields, in Python, to be unpacked again.
+        self.client.set_response_callback("XREADGROUP", _as_sent)
         config_key = f"{self.ns}:config"
         try:
             await self.client.hsetnx(config_key, "n_shards", self.config.n_shards)
@@ -108,8 +113,6 @@ class ClusterNode(Leases, Reader, Commits):
         self._acquire = c.register_script(scripts.ACQUIRE)
         self._renew = c.register_script(scripts.RENEW)
         self._release = c.register_script(scripts.RELEASE)
-        self._read = c.register_script(scripts.READ)
-        self._claim = c.register_script(scripts.CLAIM)
         self._commit = c.register_script(scripts.COMMIT)
         self._send = c.register_script(scripts.SEND)
         self._done = c.register_script(scripts.DONE)
@@ -374,3 +377,7 @@ class ClusterNode(Leases, Reader, Commits):
             "in_flight": len(self.inflight),
             **self.counts,
         }
+
+
+def _as_sent(response: Any, **_options: Any) -> Any:
+    return response

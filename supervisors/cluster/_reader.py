@@ -1,11 +1,14 @@
 """A cluster node's reading: taking a shard over, reading its streams, dispatching.
 
-Taking over: pending entries of earlier owners are claimed into this owner's
-consumer and replayed in stream order (`ctx.redelivered`, the attempt from
-Redis's delivery count) before anything new is read. Reading: one task reads
-every owned shard (fenced, pipelined, `qp` first), drops duplicates by
-`msg_id`, and hands each entry to the key's local actor; when nothing is there
-it waits on a plain blocking `XREAD`, which changes nothing in Redis.
+Taking over: the acquisition gave this owner a consumer group of its own at the
+start of each stream, and kept in `tries` what earlier owners had delivered
+without committing; those entries are the first the reads bring, in stream
+order, and they run redelivered (`ctx.redelivered`, the attempt from their
+delivery counts). Reading: one task reads every owned shard (pipelined plain
+`XREADGROUP`s, fenced by the group: the next owner destroys it; `qp` first),
+drops duplicates by `msg_id`, and hands each entry to the key's local actor;
+when nothing is there it waits on a plain blocking `XREAD`, which changes
+nothing in Redis.
 """
 
 from __future__ import annotations
@@ -37,10 +40,10 @@ class Reader(NodeState):
     """Takeover, reads and dispatch of a node."""
 
     async def _take_over(self, shard: Shard) -> None:
-        """Claim what earlier owners left pending and replay it in order, then read new.
+        """Make a shard just acquired ready to read (`_replay`).
 
         The takeover counts as in flight while it runs: a handoff asked for meanwhile
-        waits for what it claims and replays.
+        waits for it.
         """
         shard.inflight += 1
         try:
@@ -49,63 +52,30 @@ class Reader(NodeState):
             shard.inflight -= 1
 
     async def _replay(self, shard: Shard) -> None:
+        """Make ready to read a shard just acquired: its dead letters, and the deliveries
+        of what earlier owners left uncommitted. The acquisition made this owner's group
+        at the start of the streams, so those entries are the first the reads bring."""
         try:
             await self._load_dead_letters(shard)
-            for stream in ("qp", "q"):
-                cursor = b"0-0"
-                while True:
-                    cursor, _ids = await self._claim(
-                        keys=[self.key(shard.index, "lease"), self.key(shard.index, stream)],
-                        args=[shard.token, cursor, 500],
-                    )
-                    if cursor in (b"0-0", "0-0"):
-                        break
-            after_qp = after_q = b"0"
-            replayed = 0
-            firsts: set[tuple[Any, int]] = set()
-            while True:
-                result = await self._read(
-                    keys=[self.key(shard.index, n) for n in ("lease", "qp", "q")],
-                    args=[shard.token, self.config.read_count, after_qp, after_q],
-                )
-                entries = entries_of(result)
-                if not any(entries):
-                    break
-                page = [(shard, lane, e) for lane, rows in enumerate(entries) for e in rows]
-                shard.inflight += len(page)  # a handoff waits for these too
-                try:
-                    counts = await self._deliveries(shard, entries)
-                finally:
-                    shard.inflight -= len(page)
-                await self._hand_over(page, redelivered=True, attempts=counts, firsts=firsts)
-                replayed += len(page)
-                if entries[0]:
-                    after_qp = entries[0][-1][0]
-                if entries[1]:
-                    after_q = entries[1][-1][0]
-            groups = await self._group_positions(shard)
-            shard.last_qp, shard.last_q = groups
-            if replayed:  # an owner left entries pending: it died, or timed out a handoff
-                self.counts["takeovers"] += 1
-                self.counts["replayed"] += replayed
-                self.log.info("cluster_shard_taken_over", shard=shard.index, replayed=replayed)
+            tries = await self.client.hgetall(self.key(shard.index, "tries"))
         except asyncio.CancelledError:
             raise
         except Exception as exc:
             if self.owned.get(shard.index) is not shard:
                 return  # released (a stop, a handoff) while it ran: nothing to report
-            fenced = "FENCED" in str(exc)
-            if fenced:
-                self.counts["fenced"] += 1
             self.log.warning("cluster_takeover_failed", shard=shard.index, error=repr(exc))
             self._lose(shard, "takeover failed")
-            if not fenced:  # still ours: give the lease back, so that a tick takes it again
-                with contextlib.suppress(Exception):
-                    await self._release(
-                        keys=[self.key(shard.index, "lease"), self.key(shard.index, "log")],
-                        args=[shard.token],
-                    )
+            with contextlib.suppress(Exception):  # still ours: a tick takes it again
+                await self._release(
+                    keys=[self.key(shard.index, "lease"), self.key(shard.index, "log")],
+                    args=[shard.token],
+                )
             return
+        shard.tries = {(int(f[:1]), bytes(f[2:])): int(n) for f, n in tries.items()}
+        if shard.tries:  # an owner left entries uncommitted: it died, or timed out a handoff
+            self.counts["takeovers"] += 1
+            self.counts["replayed"] += len(shard.tries)
+            self.log.info("cluster_shard_taken_over", shard=shard.index, replayed=len(tries))
         if shard.phase == "replay":
             shard.phase = "read"
         self._wake_reader.set()
@@ -125,35 +95,6 @@ class Reader(NodeState):
             if payload is not None:
                 self._known_letters.add(letter_id)
                 core.outcomes.retain(letter_of(self.codec, letter_id, payload))
-
-    async def _deliveries(
-        self, shard: Shard, entries: list[list[Entry]]
-    ) -> dict[tuple[int, bytes], int]:
-        """Redis's delivery count of each replayed entry, by (stream, id)."""
-        counts: dict[tuple[int, bytes], int] = {}
-        for lane, (stream, rows) in enumerate(zip(("qp", "q"), entries, strict=True)):
-            if rows:
-                pending = await self.client.xpending_range(
-                    self.key(shard.index, stream),
-                    "rt",
-                    min=rows[0][0],
-                    max=rows[-1][0],
-                    count=len(rows),
-                    consumername=shard.token,
-                )
-                for row in pending:
-                    counts[lane, row["message_id"]] = int(row["times_delivered"])
-        return counts
-
-    async def _group_positions(self, shard: Shard) -> tuple[bytes, bytes]:
-        out = []
-        for stream in ("qp", "q"):
-            groups = await self.client.xinfo_groups(self.key(shard.index, stream))
-            last = next(
-                (g["last-delivered-id"] for g in groups if g["name"] in (b"rt", "rt")), b"0-0"
-            )
-            out.append(last if isinstance(last, bytes) else str(last).encode())
-        return out[0], out[1]
 
     async def _read_loop(self) -> None:
         cfg = self.config
@@ -223,10 +164,16 @@ class Reader(NodeState):
         known.update((i.stream, i.entry) for i in self._flushing if i.shard is shard)
         after_qp = after_q = b"0"
         while True:
-            result = await self._read(
-                keys=[self.key(shard.index, n) for n in ("lease", "qp", "q")],
-                args=[shard.token, self.config.read_count, after_qp, after_q],
-            )
+            try:
+                result = await self.client.execute_command(
+                    *self._read_args(shard, after_qp, after_q)
+                )
+            except Exception as exc:
+                if "NOGROUP" not in str(exc):
+                    raise  # the read loop retries
+                self.counts["fenced"] += 1
+                self._lose(shard, "fenced read")
+                return
             entries = entries_of(result)
             if not any(entries):
                 break
@@ -237,33 +184,45 @@ class Reader(NodeState):
                 if (lane, entry[0]) not in known
             ]
             if page:
-                await self._hand_over(page, redelivered=False)
+                await self._hand_over(page)
             if entries[0]:
                 after_qp = entries[0][-1][0]
             if entries[1]:
                 after_q = entries[1][-1][0]
         shard.resync = False
 
-    async def _read_once(self, readable: list[Shard]) -> int:
-        """One fenced read of every readable shard (pipelined), dispatched; entries read."""
-        count = self.config.read_count
-        key = self.key
-        calls: list[Call] = [
-            (
-                self._read,
-                [key(shard.index, "lease"), key(shard.index, "qp"), key(shard.index, "q")],
-                [shard.token, count, ">", ">"],
-            )
-            for shard in readable
+    def _read_args(self, shard: Shard, after_qp: bytes | str, after_q: bytes | str) -> list[Any]:
+        """An XREADGROUP of the shard's streams into this owner's group (`>`: new
+        entries; an id: this consumer's own, after it)."""
+        index, token = shard.index, shard.token
+        return [
+            "XREADGROUP",
+            "GROUP",
+            token,
+            token,
+            "COUNT",
+            self.config.read_count,
+            "STREAMS",
+            self.key(index, "qp"),
+            self.key(index, "q"),
+            after_qp,
+            after_q,
         ]
-        return await self._take_reads(readable, await evalsha_all(self.client, calls))
+
+    async def _read_once(self, readable: list[Shard]) -> int:
+        """One read of every readable shard (pipelined), dispatched; entries read."""
+        async with self.client.pipeline(transaction=False) as pipe:
+            for shard in readable:
+                pipe.execute_command(*self._read_args(shard, ">", ">"))
+            results = await pipe.execute(raise_on_error=False)
+        return await self._take_reads(readable, results)
 
     async def _take_reads(self, shards: list[Shard], results: list[Any]) -> int:
         """Dispatch what one pipelined read brought; returns how many entries it had."""
         fresh: list[Row] = []
         for shard, result in zip(shards, results, strict=True):
             if isinstance(result, Exception):
-                if "FENCED" in str(result):
+                if "NOGROUP" in str(result):  # the next owner destroyed this one's group
                     self.counts["fenced"] += 1
                     self._lose(shard, "fenced read")
                 continue
@@ -276,19 +235,16 @@ class Reader(NodeState):
             if q:
                 shard.last_q = q[-1][0]
                 fresh += [(shard, 1, entry) for entry in q]
+            if not (qp or q) and shard.tries:  # caught up: whatever is left was not read
+                shard.tries.clear()
+                shard.firsts.clear()
         if fresh:
-            await self._hand_over(fresh, redelivered=False)
+            await self._hand_over(fresh)
         return len(fresh)
 
-    async def _hand_over(
-        self,
-        rows: list[Row],
-        *,
-        redelivered: bool,
-        attempts: dict[tuple[int, bytes], int] | None = None,
-        firsts: set[tuple[Any, int]] | None = None,
-    ) -> None:
-        """Dispatch entries read into this owner's consumer, duplicates acknowledged.
+    async def _hand_over(self, rows: list[Row]) -> None:
+        """Dispatch entries read into this owner's consumer, duplicates acknowledged; an
+        entry an earlier owner left uncommitted (the shard's `tries`) is redelivered.
 
         While the duplicates are looked up, the entries count as in flight for their
         shard, so a handoff cannot release it under them; a shard lost meanwhile (fenced)
@@ -310,12 +266,16 @@ class Reader(NodeState):
         for shard, stream, entry in rows:
             if owned.get(shard.index) is not shard:
                 continue
+            tries = shard.tries.pop((stream, entry[0]), 0) if shard.tries else 0
             if duplicates and (shard.index, stream, entry[0]) in duplicates:
                 self.counts["duplicates"] += 1
                 self._commit_now(Item(shard, stream, entry[0], "", entry[5], entry[6]), "duplicate")
-                continue
-            attempt = (attempts or {}).get((stream, entry[0]), 2) if redelivered else 1
-            dispatch(shard, stream, entry, attempt, redelivered, firsts)
+            elif tries:
+                dispatch(shard, stream, entry, tries + 1, True, shard.firsts)
+            else:
+                dispatch(shard, stream, entry, 1, False)
+            if tries and not shard.tries:  # the last redelivery: the rest is new
+                shard.firsts.clear()
 
     async def _duplicates(self, rows: list[Row]) -> set[tuple[int, int, bytes]]:
         """The entries whose `msg_id` ran already: committed (the shard's `done` set), or
@@ -387,7 +347,7 @@ class Reader(NodeState):
         redelivered: bool,
         firsts: set[tuple[Any, int]] | None = None,
     ) -> None:
-        """Hand one entry to its key's actor (`firsts`: the keys seen so far in a replay)."""
+        """Hand one entry to its key's actor (`firsts`: the keys redelivered so far)."""
         core = self.core
         assert core is not None
         entry_id, data, flags, msg_id, trace, reply_key, corr = entry
@@ -405,8 +365,8 @@ class Reader(NodeState):
             self._commit_now(item, "undecodable")
             return
         if firsts is not None:
-            # Only a key's first replayed entry (per lane) can have been running when its
-            # owner died: later ones were read ahead, their delivery count says nothing.
+            # Only a key's first redelivered entry (per lane) can have been running when
+            # its owner died: later ones were read ahead, their delivery count says nothing.
             first = (key, stream) not in firsts
             firsts.add((key, stream))
             if first and attempt > self.config.max_deliveries:

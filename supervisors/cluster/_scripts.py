@@ -6,15 +6,21 @@ keys share one Redis Cluster slot):
 * `lease`: the owner's token `node|epoch`, with a TTL (`SET PX`);
 * `epoch`: the fencing counter, incremented by every acquisition, never deleted;
 * `q` and `qp`: the streams of the shard's messages of priority 0 and > 0, with
-  the consumer group `rt` (a consumer per ownership: the token);
+  the current owner's consumer group, named by its token (one consumer, the same);
+  an entry stays in its stream until it is committed;
+* `tries`: `lane:id` -> how often earlier owners delivered an entry still in a
+  stream (the delivery counts of their groups, kept when the groups go);
 * `done`: msg_id -> commit time, the dedup window;
 * `dlq` and `dlqx`: the shard's dead letters (by id) and their order, capped;
 * `log`: ownership events (capped).
 
-Every script that reads into the group, claims, acknowledges, replies or
-dead-letters first checks `GET lease == token` and fails with `FENCED`
-otherwise, so a paused process that lost its lease changes nothing (Kleppmann's
-fencing tokens; the lease and the data are in one Redis, so the check is exact).
+Every script that acknowledges, replies or dead-letters first checks `GET lease
+== token` and fails with `FENCED` otherwise, so a paused process that lost its
+lease changes nothing (Kleppmann's fencing tokens; the lease and the data are in
+one Redis, so the check is exact). Reads are plain `XREADGROUP`s into the owner's
+own group, outside any script (a script's reply is converted to Lua and back: that
+doubled the server's cost of a read); they are fenced by the group itself, which
+the next owner's `ACQUIRE` destroys, so a stale owner's read fails with `NOGROUP`.
 User keys are never part of a Redis key name: they travel inside entries.
 
 Scripts are registered once per client (redis-py's `register_script`) and
@@ -29,18 +35,45 @@ from __future__ import annotations
 
 from typing import Final
 
-__all__ = ["ACQUIRE", "CLAIM", "COMMIT", "DONE", "READ", "RELEASE", "RENEW", "SEND"]
+__all__ = ["ACQUIRE", "COMMIT", "DONE", "RELEASE", "RENEW", "SEND"]
 
-#: KEYS: lease, epoch, log, q, qp. ARGV: node, ttl_ms.
-#: Take a free lease: a new epoch, the token `node|epoch`; the consumer group is
-#: created with the streams if needed. Returns the token, or false if the lease is held.
+#: KEYS: lease, epoch, log, q, qp, tries. ARGV: node, ttl_ms.
+#: Take a free lease: a new epoch, the token `node|epoch`, and the owner's consumer
+#: group on each stream, named by the token and created at the start (so the owner
+#: reads every entry still in the stream, in order: those are exactly the ones not
+#: committed). The groups of earlier owners are destroyed, which fences their reads;
+#: first what each had delivered without an acknowledgement is added to `tries`
+#: (`lane:id` -> deliveries; lane 0: qp, 1: q), and the tries of entries no longer in
+#: the streams go. Returns the token, or false if the lease is held.
 ACQUIRE: Final = """
 if redis.call('EXISTS', KEYS[1]) == 1 then return false end
 local epoch = redis.call('INCR', KEYS[2])
 local token = ARGV[1] .. '|' .. epoch
 redis.call('SET', KEYS[1], token, 'PX', ARGV[2])
-for _, stream in ipairs({KEYS[4], KEYS[5]}) do
-  local ok = pcall(redis.call, 'XGROUP', 'CREATE', stream, 'rt', '0', 'MKSTREAM')
+local streams = {KEYS[5], KEYS[4]}
+for i, stream in ipairs(streams) do
+  local lane = (i - 1) .. ':'
+  if redis.call('EXISTS', stream) == 1 then
+    for _, group in ipairs(redis.call('XINFO', 'GROUPS', stream)) do
+      local name = group[2]
+      local start = '-'
+      while true do
+        local rows = redis.call('XPENDING', stream, name, start, '+', 1000)
+        for _, row in ipairs(rows) do
+          redis.call('HINCRBY', KEYS[6], lane .. row[1], row[4])
+        end
+        if #rows < 1000 then break end
+        start = '(' .. rows[#rows][1]
+      end
+      redis.call('XGROUP', 'DESTROY', stream, name)
+    end
+  end
+  redis.call('XGROUP', 'CREATE', stream, token, '0', 'MKSTREAM')
+end
+for _, field in ipairs(redis.call('HKEYS', KEYS[6])) do
+  local id = string.sub(field, 3)
+  local stream = streams[tonumber(string.sub(field, 1, 1)) + 1]
+  if #redis.call('XRANGE', stream, id, id) == 0 then redis.call('HDEL', KEYS[6], field) end
 end
 redis.call('XADD', KEYS[3], 'MAXLEN', '~', 1000, '*', 'ev', 'acquire', 'token', token)
 return token
@@ -67,23 +100,6 @@ if redis.call('GET', KEYS[1]) ~= ARGV[1] then return 0 end
 redis.call('DEL', KEYS[1])
 redis.call('XADD', KEYS[2], 'MAXLEN', '~', 1000, '*', 'ev', 'release', 'token', ARGV[1])
 return 1
-"""
-
-#: KEYS: lease, qp, q. ARGV: token, count, id_qp, id_q ('>' for new entries, '0' for
-#: this consumer's own pending ones). A fenced XREADGROUP (non-blocking: BLOCK is
-#: refused in scripts; the node waits with a plain XREAD, which changes nothing).
-READ: Final = """
-if redis.call('GET', KEYS[1]) ~= ARGV[1] then return redis.error_reply('FENCED') end
-return redis.call('XREADGROUP', 'GROUP', 'rt', ARGV[1], 'COUNT', ARGV[2],
-  'STREAMS', KEYS[2], KEYS[3], ARGV[3], ARGV[4])
-"""
-
-#: KEYS: lease, stream. ARGV: token, cursor, count. Move pending entries of earlier
-#: owners into this owner's consumer (ids only); returns [next_cursor, ids].
-CLAIM: Final = """
-if redis.call('GET', KEYS[1]) ~= ARGV[1] then return redis.error_reply('FENCED') end
-local r = redis.call('XAUTOCLAIM', KEYS[2], 'rt', ARGV[1], 0, ARGV[2], 'COUNT', ARGV[3], 'JUSTID')
-return {r[1], r[2]}
 """
 
 #: KEYS: qp, q of one shard. ARGV: a blob, the array of the entries to append, in order,
@@ -156,7 +172,7 @@ end
 for s = 1, 2 do
   local stream = KEYS[s + 1]
   chunks(b[s], function(...)
-    redis.call('XACK', stream, 'rt', ...)
+    redis.call('XACK', stream, ARGV[1], ...)
     redis.call('XDEL', stream, ...)
   end)
 end

@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncio
 import os
 import uuid
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 import msgpack
@@ -58,6 +58,10 @@ class Shard:
     last_qp: bytes = b"0-0"
     drain_since: float = 0.0
     resync: bool = False  # a read's answer was lost: re-read this owner's consumer
+    # At a takeover: (lane, id) -> deliveries by earlier owners, of the entries they
+    # left uncommitted (Redis's `tries`); emptied as the entries are read again.
+    tries: dict[tuple[int, bytes], int] = field(default_factory=dict)
+    firsts: set[tuple[Any, int]] = field(default_factory=set)  # (key, lane) replayed
 
 
 @dataclass(slots=True)
@@ -102,8 +106,6 @@ class NodeState:
     _acquire: Any
     _renew: Any
     _release: Any
-    _read: Any
-    _claim: Any
     _commit: Any
     _send: Any
     _done: Any
@@ -199,9 +201,11 @@ Entry = tuple[bytes, bytes | None, bytes, str, bytes | None, str, str]
 
 
 def entries_of(result: Any) -> list[list[Entry]]:
-    """[qp entries, q entries] from an XREADGROUP reply over (qp, q)."""
+    """[qp entries, q entries] from an XREADGROUP reply over (qp, q), as the server sent it."""
     out: list[list[Entry]] = [[], []]
-    for stream_name, rows in result or []:
+    # RESP3 (redis-py's default) answers a map of streams, RESP2 a list of pairs.
+    streams = result.items() if isinstance(result, dict) else result or []
+    for stream_name, rows in streams:
         taken = out[0 if stream_name.endswith(b":qp") else 1]
         for entry_id, fields in rows:
             if fields is None:  # deleted while pending
