@@ -206,3 +206,33 @@ async def test_calls_the_server_refuses_are_retried_not_lost_or_doubled(redis_ur
 async def pending(client: Any, stream: str) -> int:
     """The entries delivered and not acknowledged, in every consumer group of `stream`."""
     return sum(int(group["pending"]) for group in await client.xinfo_groups(stream))
+
+
+def test_entries_are_read_in_every_form_a_sender_writes() -> None:
+    """A reply in RESP3's map or RESP2's list; the envelope alone (flags 0, no `f`), with a
+    msg_id, with flags, and as senders before this form wrote it (`f` always); a deleted
+    entry is skipped. Each lane keeps its entries in order."""
+    from supervisors.cluster._state import entries_of
+
+    q = [
+        (b"1-0", [b"e", b"A"]),
+        (b"2-0", [b"e", b"B", b"i", b"m-1"]),
+        (b"3-0", [b"e", b"C", b"f", b"1"]),
+        (b"4-0", [b"e", b"D", b"f", b"0", b"i", b"m-2"]),  # an older sender's
+        (b"5-0", None),
+        (b"6-0", [b"e", b"E", b"f", b"2", b"t", b"tr", b"r", b"rk", b"c", b"9"]),
+    ]
+    qp = [(b"7-0", [b"e", b"P", b"f", b"3"])]
+    expected = [
+        [(b"7-0", b"P", b"3", "", None, "", "")],
+        [
+            (b"1-0", b"A", b"0", "", None, "", ""),
+            (b"2-0", b"B", b"0", "m-1", None, "", ""),
+            (b"3-0", b"C", b"1", "", None, "", ""),
+            (b"4-0", b"D", b"0", "m-2", None, "", ""),
+            (b"6-0", b"E", b"2", "", b"tr", "rk", "9"),
+        ],
+    ]
+    assert entries_of({b"ns:{ns:0}:qp": qp, b"ns:{ns:0}:q": q}) == expected
+    assert entries_of([[b"ns:{ns:0}:q", q], [b"ns:{ns:0}:qp", qp]]) == expected
+    assert entries_of(None) == [[], []]
