@@ -243,17 +243,23 @@ async def test_a_node_that_lost_its_lease_is_fenced(redis_url: str) -> None:
             )
 
 
-async def test_a_paused_owner_reads_nothing_once_its_shard_was_taken_over(
+async def test_an_owner_that_lost_its_lease_unaware_reads_nothing_once_taken_over(
     redis_url: str,
 ) -> None:
-    """The next owner's acquisition destroys the earlier owner's consumer group: a paused
-    node that still thinks it owns the shard gets `NOGROUP` on its next read, counts it as
-    fenced and drops the shard; the new message runs once, on the new owner."""
+    """The next owner's acquisition destroys the earlier owner's consumer group: a node
+    that believes it still holds the lease (its renewals, as far as it saw, went through;
+    the lease was lost in Redis, as to a failover onto a lagging replica) gets `NOGROUP` on
+    its next read, counts it as fenced and drops the shard; the new message runs once, on
+    the new owner."""
     async with node(redis_url, "a", lease_ttl=0.6, tick=0.1) as a:
         await until(lambda: len(owned(a)) == 8)
         victim = "read-fence"
-        # "a" pauses its membership tick (no more renewals), as a stopped process would.
-        a._node._tick = lambda began: asyncio.sleep(0)  # type: ignore[method-assign,union-attr]
+        state: Any = a._node
+
+        async def believes_it_renewed(began: float) -> None:
+            state._last_renew = began  # no renewal reaches Redis
+
+        state._tick = believes_it_renewed
         async with node(redis_url, "b", lease_ttl=0.6, tick=0.1) as b:
             await until(lambda: _shard(victim) in owned(b), seconds=10)
             assert _shard(victim) in owned(a)  # "a" has not noticed
@@ -650,5 +656,44 @@ async def test_acquire_keeps_the_earlier_groups_deliveries_and_destroys_them(
             assert [(g["name"], g["last-delivered-id"]) for g in groups] == [
                 (token.encode(), b"0-0")
             ]
+    finally:
+        await client.aclose()
+
+
+async def test_a_node_whose_renewals_are_late_reads_nothing(redis_url: str) -> None:
+    """A paused node whose leases lapsed, nobody else taking them: it reads nothing while
+    its renewals are late (a read would put the entry in its group, and its next owner,
+    itself, would count it as delivered), so once its tick renews again and it acquires
+    the shard anew, the message runs once, as a first attempt."""
+    import redis.asyncio
+
+    async def until_async(value: Any, expected: Any) -> None:
+        for _ in range(500):
+            if await value() == expected:
+                return
+            await asyncio.sleep(0.01)
+        raise AssertionError(f"never {expected!r}")
+
+    client = redis.asyncio.Redis.from_url(redis_url)
+    try:
+        async with node(redis_url, "a", lease_ttl=0.6, tick=0.1) as a:
+            await until(lambda: len(owned(a)) == 8)
+            victim = "late-renewals"
+            lease = a._node.key(_shard(victim), "lease")  # type: ignore[union-attr]
+            a._node._tick = lambda began: asyncio.sleep(0)  # type: ignore[method-assign,union-attr]
+            for _ in range(500):  # the lease lapses in Redis
+                if await client.get(lease) is None:
+                    break
+                await asyncio.sleep(0.01)
+            assert await client.get(lease) is None
+            a.tell(victim, "after the pause")
+            stream = a._node.key(_shard(victim), "q")  # type: ignore[union-attr]
+            await until_async(lambda: client.xlen(stream), 1)
+            await asyncio.sleep(0.2)  # the reader's turns: it must leave the entry unread
+            groups = await client.xinfo_groups(stream)
+            assert sum(g["pending"] for g in groups) == 0
+            del a._node._tick  # type: ignore[union-attr]
+            await until(lambda: handled(victim) == ["after the pause"], seconds=10)
+            assert [(att, red) for _, k, _, att, red in SEEN if k == victim] == [(1, False)]
     finally:
         await client.aclose()

@@ -209,16 +209,18 @@ async def pending(client: Any, stream: str) -> int:
 
 
 def test_entries_are_read_in_every_form_a_sender_writes() -> None:
-    """A reply in RESP3's map or RESP2's list; the envelope alone (flags 0, no `f`), with a
-    msg_id, with flags, and as senders before this form wrote it (`f` always); a deleted
-    entry is skipped. Each lane keeps its entries in order."""
+    """A reply in RESP3's map or RESP2's list; the envelope alone (flags 0, no `f`), with
+    flags, with a msg_id (`f` then always, for readers of earlier versions), in a form no
+    sender writes (fields by name), as senders before wrote a plain one (`f` always); a
+    deleted entry is skipped. Each lane keeps its entries in order."""
     from supervisors.cluster._state import entries_of
 
     q = [
         (b"1-0", [b"e", b"A"]),
         (b"2-0", [b"e", b"B", b"i", b"m-1"]),
         (b"3-0", [b"e", b"C", b"f", b"1"]),
-        (b"4-0", [b"e", b"D", b"f", b"0", b"i", b"m-2"]),  # an older sender's
+        (b"4-0", [b"e", b"D", b"f", b"0", b"i", b"m-2"]),
+        (b"4-1", [b"e", b"F", b"f", b"0"]),  # an older sender's
         (b"5-0", None),
         (b"6-0", [b"e", b"E", b"f", b"2", b"t", b"tr", b"r", b"rk", b"c", b"9"]),
     ]
@@ -230,9 +232,33 @@ def test_entries_are_read_in_every_form_a_sender_writes() -> None:
             (b"2-0", b"B", b"0", "m-1", None, "", ""),
             (b"3-0", b"C", b"1", "", None, "", ""),
             (b"4-0", b"D", b"0", "m-2", None, "", ""),
+            (b"4-1", b"F", b"0", "", None, "", ""),
             (b"6-0", b"E", b"2", "", b"tr", "rk", "9"),
         ],
     ]
     assert entries_of({b"ns:{ns:0}:qp": qp, b"ns:{ns:0}:q": q}) == expected
     assert entries_of([[b"ns:{ns:0}:q", q], [b"ns:{ns:0}:qp", qp]]) == expected
     assert entries_of(None) == [[], []]
+
+
+async def test_a_sender_leaves_out_only_a_flags_field_nothing_follows(redis_url: str) -> None:
+    """The entries a sender writes, field by field: the envelope alone for a plain
+    message; `f` kept before a msg_id and for flags, as readers of earlier versions read
+    4 and 6 fields by position."""
+    import redis.asyncio as aioredis
+
+    sender = await Runtime(Recorder, cluster=config(redis_url, role="sender")).start()
+    client = aioredis.Redis.from_url(redis_url)
+    try:
+        node: Any = sender._node
+        await sender.send("k", "plain")
+        await sender.send("k", "with an id", msg_id="m-1")
+        await sender.send("k", "urgent", priority=1, interrupt=True)
+        shard = shard_of("k", N_SHARDS)
+        q = await client.xrange(node.key(shard, "q"))
+        qp = await client.xrange(node.key(shard, "qp"))
+        assert [sorted(fields) for _, fields in q] == [[b"e"], [b"e", b"f", b"i"]]
+        assert [(sorted(fields), fields[b"f"]) for _, fields in qp] == [([b"e", b"f"], b"1")]
+    finally:
+        await client.aclose()
+        await sender.stop()

@@ -191,10 +191,12 @@ class ClusterNode(Leases, Reader, Commits):
         """
         if len(self._outbox) >= MAX_OUTBOX:
             raise MailboxFull(key, MAX_OUTBOX, scope="cluster")
-        # The entry as the SEND script appends it: its lane (1: qp, 2: q), then its fields;
-        # `f` only when it is not 0 (most messages: a smaller entry to write and read).
+        # The entry as the SEND script appends it: its lane (1: qp, 2: q), then its fields.
+        # `f` is left out only when nothing would follow it (flags 0, the common message: a
+        # smaller entry to write and read). Readers of earlier versions take a 4- or
+        # 6-field entry as `e`, `f`[, `i`] by position, and any other one by name.
         entry: list[Any] = [1 if priority else 2, "e", data]
-        if flags:
+        if flags or msg_id is not None or trace is not None or reply is not None:
             entry += ("f", _FLAGS[flags])
         if msg_id is not None:
             entry += ("i", msg_id)

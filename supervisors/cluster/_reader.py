@@ -106,6 +106,12 @@ class Reader(NodeState):
                 for s in self.owned.values()
                 if s.phase == "read" and s.inflight < cfg.max_inflight
             ]
+            if readable and time.monotonic() - self._last_renew > 0.8 * cfg.lease_ttl:
+                # Renewals late (a pause): the leases may be gone, and a read would put
+                # entries in this owner's group that the next owner counts as delivered
+                # (redelivered, one attempt more) though none ran. The tick renews (reads
+                # go on) or loses them; `started` fences what was read before.
+                readable = []
             got = 0
             if readable:
                 # A read in progress counts as in flight: from the READ on, its entries are

@@ -210,16 +210,19 @@ def entries_of(result: Any) -> list[list[Entry]]:
         for entry_id, fields in rows:
             if fields is None:  # deleted while pending
                 continue
-            # The common entries, as SEND writes them: the envelope, and maybe a msg_id
-            # (flags 0: no `f` field).
+            # The common entries, as SEND writes them: the envelope alone (flags 0), or
+            # the envelope and flags, and maybe a msg_id.
             if type(fields) is list and fields and fields[0] == b"e":
                 n = len(fields)
                 if n == 2:
                     taken.append((entry_id, fields[1], b"0", "", None, "", ""))
                     continue
-                if n == 4 and fields[2] == b"i":  # with a msg_id
-                    msg_id = fields[3].decode()
-                    taken.append((entry_id, fields[1], b"0", msg_id, None, "", ""))
+                if n == 4 and fields[2] == b"f":
+                    taken.append((entry_id, fields[1], fields[3], "", None, "", ""))
+                    continue
+                if n == 6 and fields[2] == b"f" and fields[4] == b"i":  # with a msg_id
+                    msg_id = fields[5].decode()
+                    taken.append((entry_id, fields[1], fields[3], msg_id, None, "", ""))
                     continue
             if isinstance(fields, list):
                 fields = dict(zip(fields[::2], fields[1::2], strict=True))
