@@ -75,7 +75,7 @@ class Reader(NodeState):
         if shard.tries:  # an owner left entries uncommitted: it died, or timed out a handoff
             self.counts["takeovers"] += 1
             self.counts["replayed"] += len(shard.tries)
-            self.log.info("cluster_shard_taken_over", shard=shard.index, replayed=len(tries))
+            self.log.info("cluster_shard_taken_over", shard=shard.index, replayed=len(shard.tries))
         if shard.phase == "replay":
             shard.phase = "read"
         self._wake_reader.set()
@@ -114,7 +114,7 @@ class Reader(NodeState):
                 readable = []
             got = 0
             if readable:
-                # A read in progress counts as in flight: from the READ on, its entries are
+                # A read in progress counts as in flight: from the XREADGROUP on, its entries are
                 # in this owner's consumer, and a handoff must not release the shard under
                 # them (the next owner would redeliver them).
                 for shard in readable:
