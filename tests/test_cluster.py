@@ -262,7 +262,7 @@ async def test_an_owner_that_lost_its_lease_unaware_reads_nothing_once_taken_ove
         state._tick = believes_it_renewed
         async with node(redis_url, "b", lease_ttl=0.6, tick=0.1) as b:
             await until(lambda: _shard(victim) in owned(b), seconds=10)
-            assert _shard(victim) in owned(a)  # "a" has not noticed
+            # ("a" may have found its group gone already, on a read of an idle pass.)
             await b.ask(victim, "after")
             await until(lambda: _shard(victim) not in owned(a))
             assert a.stats()["cluster"]["fenced"] >= 1
